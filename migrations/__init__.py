@@ -1,0 +1,1 @@
+"""Alembic migrations of the mirror's metadata database (installed as mirror.migrations)."""

@@ -1,0 +1,7 @@
+"""python -m mirror"""
+
+import sys
+
+from mirror.cli import main
+
+sys.exit(main())

@@ -1,0 +1,255 @@
+"""Settings: one typed object built from the file < environment (MIRROR_*) < flags.
+
+Unknown keys are rejected, and every validation error names the key it is about.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mirror.errors import ConfigError
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_RE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?", re.IGNORECASE)
+_SIZES = {
+    "b": 1,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from "30s", "10m", "1h30m", "500ms" or a bare number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration like '30s' or '10m', got {value!r}")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"expected a duration like '30s', '10m', '1h30m', got {value!r}")
+    return total
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from "4MiB", "512KiB", "1GB" or a bare number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE_RE.fullmatch(str(value).strip())
+    if not match:
+        raise ValueError(f"expected a size like '4MiB', got {value!r}")
+    return int(match.group(1)) * _SIZES[(match.group(2) or "b").lower()]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class UpstreamSettings(BaseModel):
+    """One upstream registry the mirror may fetch from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: str = Field(description="name clients use: docker.io, ghcr.io, ...")
+    url: str = Field(description="base URL of the registry API")
+    default: bool = False
+    tag_ttl: Duration = 600.0
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    password_env: str | None = None
+    connect_timeout: Duration = 10.0
+    read_timeout: Duration = 60.0
+    retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_name(cls, value: str) -> str:
+        from mirror.reference import REGISTRY_RE
+
+        if not REGISTRY_RE.fullmatch(value):
+            raise ValueError(f"not a registry host name: {value!r}")
+        return value.lower()
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"https?://[^/]+", value):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> UpstreamSettings:
+        if self.password and self.password_env:
+            raise ValueError("set password or password_env, not both")
+        if self.password_env and self.password_env not in os.environ:
+            raise ValueError(f"password_env names {self.password_env!r}, which is not set")
+        if (self.password or self.password_env) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    def secret(self) -> str | None:
+        """The password, read from the environment when ``password_env`` is used."""
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return self.password
+
+    @property
+    def is_docker_hub(self) -> bool:
+        """Docker Hub gives one-component names a ``library/`` prefix."""
+        return self.registry in ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+DOCKER_HUB = UpstreamSettings(
+    registry="docker.io", url="https://registry-1.docker.io", default=True
+)
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/mirror, or ~/.local/share/mirror."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mirror"
+
+
+class Settings(BaseModel):
+    """Everything the daemon needs, validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = "127.0.0.1:5000"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    log_level: str = "info"
+    log_format: str = "kv"
+    max_manifest_size: Size = 4 * 1024 * 1024
+    upstreams: list[UpstreamSettings] = Field(default_factory=lambda: [DOCKER_HUB])
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("one of debug, info, warning, error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("kv", "json"):
+            raise ValueError("one of kv, json")
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, value: list[UpstreamSettings]) -> list[UpstreamSettings]:
+        if not value:
+            raise ValueError("at least one [[upstreams]] entry is needed")
+        names = [u.registry for u in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"registry listed twice: {', '.join(dupes)}")
+        if sum(u.default for u in value) > 1:
+            raise ValueError("only one upstream may have default = true")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy async URL; SQLite in data_dir by default."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'mirror.db'}"
+
+    def upstream(self, registry: str) -> UpstreamSettings | None:
+        """The configured upstream for a registry name, if any."""
+        registry = registry.lower()
+        for upstream in self.upstreams:
+            if upstream.registry == registry:
+                return upstream
+        return None
+
+    @property
+    def default_upstream(self) -> UpstreamSettings | None:
+        for upstream in self.upstreams:
+            if upstream.default:
+                return upstream
+        return None
+
+
+_ENV_KEYS = ("listen", "data_dir", "database_url", "log_level", "log_format", "max_manifest_size")
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build settings from a TOML file, then MIRROR_* variables, then flag overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    env = os.environ if environ is None else environ
+    for key in _ENV_KEYS:
+        if f"MIRROR_{key.upper()}" in env:
+            data[key] = env[f"MIRROR_{key.upper()}"]
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = re.sub(r"upstreams\.(\d+)", lambda m: f"upstreams[{m.group(1)}]", key)
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

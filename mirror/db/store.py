@@ -1,0 +1,286 @@
+"""MetadataStore: the queries the registry logic needs, over async SQLAlchemy.
+
+Access statistics (last access, hits) are counted in memory and written in batches
+by :meth:`MetadataStore.flush_access`, so serving a cached blob costs no DB write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from mirror.db.models import BlobRow, ManifestRow, ReferrersRow, RepositoryLink, TagRow
+from mirror.db.session import sessionmaker
+
+
+@dataclass(frozen=True)
+class TagEntry:
+    """Where a tag pointed when last checked."""
+
+    digest: str
+    media_type: str
+    checked_at: float
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """A cached manifest's metadata."""
+
+    digest: str
+    media_type: str
+    size: int
+
+
+class MetadataStore:
+    """All reads and writes of the metadata database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions: async_sessionmaker[AsyncSession] = sessionmaker(engine)
+        self._access: Counter[tuple[str, str]] = Counter()
+        self._access_time: dict[tuple[str, str], float] = {}
+
+    def _insert(self, table: type) -> object:
+        # Upserts differ per dialect; SQLite and PostgreSQL share this spelling.
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        return sqlite_insert(table)
+
+    # --- blobs -------------------------------------------------------------------
+
+    async def blob_size(self, digest: str) -> int | None:
+        """The size of a cached blob, or None if unknown."""
+        async with self._sessions() as s:
+            return await s.scalar(select(BlobRow.size).where(BlobRow.digest == digest))
+
+    async def add_blob(
+        self, digest: str, size: int, media_type: str | None, upstream: str, repository: str
+    ) -> None:
+        """Record a verified blob file and that ``repository`` serves it."""
+        now = time.time()
+        async with self._sessions.begin() as s:
+            stmt = self._insert(BlobRow).values(  # type: ignore[attr-defined]
+                digest=digest,
+                size=size,
+                media_type=media_type,
+                created_at=now,
+                last_access=now,
+                hits=0,
+            )
+            await s.execute(stmt.on_conflict_do_nothing())
+            await self._link(s, upstream, repository, [(digest, "blob")], now)
+
+    # --- manifests -----------------------------------------------------------------
+
+    async def manifest(self, digest: str) -> ManifestEntry | None:
+        """A cached manifest's metadata, if cached."""
+        async with self._sessions() as s:
+            row = await s.get(ManifestRow, digest)
+            return ManifestEntry(row.digest, row.media_type, row.size) if row else None
+
+    async def add_manifest(
+        self,
+        digest: str,
+        media_type: str,
+        size: int,
+        upstream: str,
+        repository: str,
+        children: Iterable[tuple[str, str]],
+    ) -> None:
+        """Record a cached manifest, link it and what it references to the repository."""
+        now = time.time()
+        async with self._sessions.begin() as s:
+            for table in (ManifestRow, BlobRow):
+                values = dict(
+                    digest=digest,
+                    media_type=media_type,
+                    size=size,
+                    created_at=now,
+                    last_access=now,
+                    hits=0,
+                )
+                stmt = self._insert(table).values(**values)  # type: ignore[attr-defined]
+                await s.execute(stmt.on_conflict_do_nothing())
+            await self._link(s, upstream, repository, [(digest, "manifest"), *children], now)
+
+    # --- repository links ----------------------------------------------------------
+
+    async def is_linked(self, upstream: str, repository: str, digest: str) -> bool:
+        """Whether ``repository`` was seen to reference ``digest``."""
+        async with self._sessions() as s:
+            found = await s.scalar(
+                select(RepositoryLink.kind).where(
+                    RepositoryLink.upstream == upstream,
+                    RepositoryLink.repository == repository,
+                    RepositoryLink.digest == digest,
+                )
+            )
+            return found is not None
+
+    async def link(self, upstream: str, repository: str, digest: str, kind: str) -> None:
+        """Record that the upstream confirmed ``digest`` in ``repository``."""
+        async with self._sessions.begin() as s:
+            await self._link(s, upstream, repository, [(digest, kind)], time.time())
+
+    async def _link(
+        self,
+        s: AsyncSession,
+        upstream: str,
+        repository: str,
+        items: list[tuple[str, str]],
+        now: float,
+    ) -> None:
+        if not items:
+            return
+        rows = [
+            dict(upstream=upstream, repository=repository, digest=d, kind=k, linked_at=now)
+            for d, k in dict(items).items()
+        ]
+        stmt = self._insert(RepositoryLink).values(rows)  # type: ignore[attr-defined]
+        await s.execute(stmt.on_conflict_do_nothing())
+
+    # --- tags ----------------------------------------------------------------------
+
+    async def tag(self, upstream: str, repository: str, tag: str, accept: str) -> TagEntry | None:
+        """Where a tag pointed for this class of Accept, when last checked."""
+        async with self._sessions() as s:
+            row = await s.get(TagRow, (upstream, repository, tag, accept))
+            return TagEntry(row.digest, row.media_type, row.checked_at) if row else None
+
+    async def put_tag(
+        self, upstream: str, repository: str, tag: str, accept: str, digest: str, media_type: str
+    ) -> None:
+        """Record (or refresh) where a tag points, checked now."""
+        values = dict(
+            upstream=upstream,
+            repository=repository,
+            tag=tag,
+            accept=accept,
+            digest=digest,
+            media_type=media_type,
+            checked_at=time.time(),
+        )
+        async with self._sessions.begin() as s:
+            stmt = self._insert(TagRow).values(**values)  # type: ignore[attr-defined]
+            await s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["upstream", "repository", "tag", "accept"],
+                    set_={k: values[k] for k in ("digest", "media_type", "checked_at")},
+                )
+            )
+
+    async def tags(self, upstream: str, repository: str) -> list[str]:
+        """The tags known for a repository, sorted."""
+        async with self._sessions() as s:
+            result = await s.scalars(
+                select(TagRow.tag)
+                .where(TagRow.upstream == upstream, TagRow.repository == repository)
+                .distinct()
+                .order_by(TagRow.tag)
+            )
+            return list(result)
+
+    async def repositories(self) -> list[tuple[str, str]]:
+        """Every (upstream, repository) with cached content, sorted."""
+        async with self._sessions() as s:
+            result = await s.execute(
+                select(RepositoryLink.upstream, RepositoryLink.repository)
+                .distinct()
+                .order_by(RepositoryLink.upstream, RepositoryLink.repository)
+            )
+            return [(u, r) for u, r in result]
+
+    # --- referrers -----------------------------------------------------------------
+
+    async def referrers(
+        self, upstream: str, repository: str, subject: str, artifact_type: str
+    ) -> TagEntry | None:
+        """The last referrers index relayed for a subject."""
+        async with self._sessions() as s:
+            row = await s.get(ReferrersRow, (upstream, repository, subject, artifact_type))
+            return TagEntry(row.digest, "", row.checked_at) if row else None
+
+    async def put_referrers(
+        self, upstream: str, repository: str, subject: str, artifact_type: str, digest: str
+    ) -> None:
+        """Record the referrers index relayed now for a subject."""
+        values = dict(
+            upstream=upstream,
+            repository=repository,
+            subject=subject,
+            artifact_type=artifact_type,
+            digest=digest,
+            checked_at=time.time(),
+        )
+        async with self._sessions.begin() as s:
+            stmt = self._insert(ReferrersRow).values(**values)  # type: ignore[attr-defined]
+            await s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["upstream", "repository", "subject", "artifact_type"],
+                    set_={"digest": digest, "checked_at": values["checked_at"]},
+                )
+            )
+
+    # --- access statistics -----------------------------------------------------------
+
+    def record_access(self, kind: str, digest: str) -> None:
+        """Count a hit in memory; :meth:`flush_access` writes it."""
+        self._access[(kind, digest)] += 1
+        self._access_time[(kind, digest)] = time.time()
+
+    async def flush_access(self) -> int:
+        """Write the counted hits in one transaction; returns how many rows."""
+        if not self._access:
+            return 0
+        counts, times = self._access, self._access_time
+        self._access, self._access_time = Counter(), {}
+        async with self._sessions.begin() as s:
+            for (kind, digest), hits in counts.items():
+                table = ManifestRow if kind == "manifest" else BlobRow
+                await s.execute(
+                    update(table)
+                    .where(table.digest == digest)
+                    .values(hits=table.hits + hits, last_access=times[(kind, digest)])
+                )
+        return len(counts)
+
+    # --- start-up reconciliation -------------------------------------------------------
+
+    async def all_blob_digests(self) -> set[str]:
+        """Every blob digest with a row."""
+        async with self._sessions() as s:
+            return set(await s.scalars(select(BlobRow.digest)))
+
+    async def forget(self, digests: Iterable[str]) -> None:
+        """Drop rows of content whose file is gone (links stay: they are facts)."""
+        digests = list(digests)
+        async with self._sessions.begin() as s:
+            for start in range(0, len(digests), 500):
+                chunk = digests[start : start + 500]
+                await s.execute(delete(BlobRow).where(BlobRow.digest.in_(chunk)))
+                await s.execute(delete(ManifestRow).where(ManifestRow.digest.in_(chunk)))
+
+    async def adopt(self, digest: str, size: int) -> None:
+        """Record a verified file that has no row (a crash between rename and insert)."""
+        now = time.time()
+        async with self._sessions.begin() as s:
+            stmt = self._insert(BlobRow).values(  # type: ignore[attr-defined]
+                digest=digest, size=size, media_type=None, created_at=now, last_access=now, hits=0
+            )
+            await s.execute(stmt.on_conflict_do_nothing())
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts per table (for logs and admin commands)."""
+        async with self._sessions() as s:
+            out = {}
+            for name, table in (("blobs", BlobRow), ("manifests", ManifestRow), ("tags", TagRow)):
+                out[name] = await s.scalar(select(func.count()).select_from(table)) or 0
+            return out

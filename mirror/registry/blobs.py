@@ -1,0 +1,124 @@
+"""ProxyBlobs: blobs by digest, local-first, one verified upstream fetch per digest.
+
+Visibility rule: a cached blob is shared by every repository by digest, but it is
+served under a repository's name only once that repository was seen to reference
+it (a cached manifest of that repository lists it) or the upstream confirmed it
+there (a GET or HEAD of the blob in that repository succeeded). Otherwise the
+mirror asks the upstream first, so one repository's private layers never leak
+through another's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror import stats
+from mirror.policy import Route
+from mirror.reference import Digest
+from mirror.registry.common import Services
+from mirror.registry.inflight import BlobFetch
+
+log = logging.getLogger("mirror.blobs")
+
+
+@dataclass(frozen=True)
+class LocalBlob:
+    """A verified blob file to send as it is (sendfile, Range)."""
+
+    digest: Digest
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class StreamingBlob:
+    """A blob being downloaded: stream it as it grows (last bytes after verification)."""
+
+    digest: Digest
+    fetch: BlobFetch
+
+    @property
+    def size(self) -> int | None:
+        return self.fetch.size
+
+
+class ProxyBlobs:
+    """Blobs for a route: from disk, from a running download, or a new download."""
+
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    async def head(self, route: Route, digest: Digest) -> int | None:
+        """The size of a blob (from cache, or the upstream's HEAD); never downloads."""
+        size = await self._cached_size(route, digest)
+        if size is not None:
+            stats.set_cache("hit")
+            return size
+        upstream_size = await self._s.upstream(route).head_blob(route.repository, digest)
+        stats.set_cache("miss")
+        return upstream_size
+
+    async def get(
+        self, route: Route, digest: Digest, *, whole: bool = False
+    ) -> LocalBlob | StreamingBlob:
+        """A blob to serve. ``whole``: wait for a download to finish (Range requests)."""
+        fetch = self._s.inflight.get(digest)
+        if fetch is None:
+            size = await self._cached_size(route, digest)
+            if size is not None:
+                stats.set_cache("hit")
+                self._s.meta.record_access("blob", str(digest))
+                return LocalBlob(digest, self._s.store.path(digest), size)
+            fetch = self._s.inflight.get(digest)  # it may have started meanwhile
+        if fetch is None:
+            fetch = self._start(route, digest)
+            stats.set_cache("miss")
+        else:
+            if fetch.key != (route.registry, route.repository):
+                await self._confirm(route, digest)
+            stats.set_cache("hit" if fetch.done else "miss")
+        await fetch.wait_started()
+        if whole or fetch.done:
+            await fetch.wait_done()
+            return LocalBlob(digest, fetch.path, fetch.written)
+        return StreamingBlob(digest, fetch)
+
+    async def _cached_size(self, route: Route, digest: Digest) -> int | None:
+        """The size of a cached blob this repository may serve, else None."""
+        key = str(digest)
+        size = await self._s.meta.blob_size(key)
+        if size is None:
+            return None
+        if await self._s.store.size(digest) is None:
+            # The file vanished (deleted by hand): forget the row, fetch again.
+            log.warning("event=blob_file_missing digest=%s", key)
+            await self._s.meta.forget([key])
+            return None
+        if not await self._s.meta.is_linked(route.registry, route.repository, key):
+            await self._confirm(route, digest)
+        return size
+
+    async def _confirm(self, route: Route, digest: Digest) -> None:
+        """Ask the upstream whether this repository has the blob; link it if so."""
+        if await self._s.meta.is_linked(route.registry, route.repository, str(digest)):
+            return
+        await self._s.upstream(route).head_blob(route.repository, digest)
+        await self._s.meta.link(route.registry, route.repository, str(digest), "blob")
+
+    def _start(self, route: Route, digest: Digest) -> BlobFetch:
+        upstream = self._s.upstream(route)
+        meta = self._s.meta
+
+        @asynccontextmanager
+        async def source() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+            async with upstream.open_blob(route.repository, digest) as resp:
+                yield resp.content_length, resp.content.iter_chunked(1024 * 1024)
+
+        async def on_commit(size: int) -> None:
+            await meta.add_blob(str(digest), size, None, route.registry, route.repository)
+
+        return self._s.inflight.start(digest, (route.registry, route.repository), source, on_commit)

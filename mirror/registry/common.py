@@ -1,0 +1,76 @@
+"""Pieces the proxy services share: the context they run in, single-flight, a manifest LRU."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from mirror.config import Settings
+from mirror.db.store import MetadataStore
+from mirror.policy import Route
+from mirror.registry.inflight import InflightFetches
+from mirror.storage.blobs import BlobStore
+from mirror.upstream.client import UpstreamRegistry
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Concurrent calls with one key share one execution, detached from any caller.
+
+    A caller that goes away (client disconnect) does not cancel the work others wait on.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Task[T]] = {}
+
+    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(work())
+            self._running[key] = task
+            task.add_done_callback(lambda _t: self._running.pop(key, None))
+        return await asyncio.shield(task)
+
+
+class ManifestMemory:
+    """A bounded in-memory LRU of manifest bytes by digest, in front of the disk."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._max = max_bytes
+
+    def get(self, digest: str) -> bytes | None:
+        body = self._items.get(digest)
+        if body is not None:
+            self._items.move_to_end(digest)
+        return body
+
+    def put(self, digest: str, body: bytes) -> None:
+        if digest in self._items or len(body) > self._max:
+            return
+        self._items[digest] = body
+        self._bytes += len(body)
+        while self._bytes > self._max:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+@dataclass
+class Services:
+    """What the proxy services are built on: settings, store, metadata, upstreams."""
+
+    settings: Settings
+    store: BlobStore
+    meta: MetadataStore
+    upstreams: dict[str, UpstreamRegistry]
+    inflight: InflightFetches
+    memory: ManifestMemory
+
+    def upstream(self, route: Route) -> UpstreamRegistry:
+        """The client of a route's upstream."""
+        return self.upstreams[route.registry]

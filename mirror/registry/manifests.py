@@ -1,0 +1,171 @@
+"""ProxyManifests: manifests by digest (immutable, cached forever) and by tag (TTL).
+
+Tags are served from the cache within the upstream's tag_ttl; after it, a HEAD
+revalidates them and a GET follows only if the digest moved. When the upstream is
+unreachable, times out, or answers 5xx/429, the last known digest is served stale.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mirror import errors, manifest, stats
+from mirror.db.store import TagEntry
+from mirror.mediatypes import MANIFEST_TYPES, accept_key
+from mirror.policy import Route, tag_is_fresh
+from mirror.reference import Digest, is_digest, parse_digest, validate_tag
+from mirror.registry.common import Services, SingleFlight
+from mirror.upstream.client import FetchedManifest
+
+log = logging.getLogger("mirror.manifests")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest to serve: exact bytes, type, digest, and whether it is stale."""
+
+    body: bytes
+    media_type: str
+    digest: str
+    stale: bool = False
+
+
+class ProxyManifests:
+    """Local-first manifests with upstream fill, per route."""
+
+    def __init__(self, services: Services) -> None:
+        self._s = services
+        self._flight: SingleFlight[Manifest] = SingleFlight()
+
+    async def get(self, route: Route, reference: str, accept: tuple[str, ...]) -> Manifest:
+        """The manifest a client asked for by tag or digest."""
+        if is_digest(reference):
+            return await self.by_digest(route, parse_digest(reference))
+        return await self._by_tag(route, validate_tag(reference), accept)
+
+    async def by_digest(self, route: Route, digest: Digest) -> Manifest:
+        """Immutable content: from cache when this repository is known to have it."""
+        key = str(digest)
+        entry = await self._s.meta.manifest(key)
+        if entry is not None:
+            body = await self._load(key)
+            if body is not None:
+                if not await self._s.meta.is_linked(route.registry, route.repository, key):
+                    # Cached for another repository: confirm this one has it too.
+                    await self._s.upstream(route).head_manifest(
+                        route.repository, key, MANIFEST_TYPES
+                    )
+                    await self._s.meta.link(route.registry, route.repository, key, "manifest")
+                stats.set_cache("hit")
+                self._s.meta.record_access("manifest", key)
+                return Manifest(body, entry.media_type, key)
+        flight_key = ("digest", route.registry, route.repository, key)
+        return await self._flight.run(flight_key, lambda: self._fetch_digest(route, digest))
+
+    async def _fetch_digest(self, route: Route, digest: Digest) -> Manifest:
+        fetched = await self._s.upstream(route).get_manifest(
+            route.repository, str(digest), MANIFEST_TYPES, self._s.settings.max_manifest_size
+        )
+        if fetched.digest != digest:
+            log.warning(
+                "event=manifest_digest_mismatch upstream=%s repo=%s want=%s got=%s",
+                route.registry,
+                route.repository,
+                digest,
+                fetched.digest,
+            )
+            raise errors.BlobVerificationError(str(digest), f"upstream sent {fetched.digest}")
+        stats.set_cache("miss")
+        return await self._store(route, fetched)
+
+    async def _by_tag(self, route: Route, tag: str, accept: tuple[str, ...]) -> Manifest:
+        akey = accept_key(accept)
+        entry = await self._s.meta.tag(route.registry, route.repository, tag, akey)
+        if entry is not None and tag_is_fresh(entry.checked_at, route.upstream.tag_ttl):
+            body = await self._load(entry.digest)
+            if body is not None:
+                stats.set_cache("hit")
+                self._s.meta.record_access("manifest", entry.digest)
+                return Manifest(body, entry.media_type, entry.digest)
+        flight_key = ("tag", route.registry, route.repository, tag, akey)
+        return await self._flight.run(
+            flight_key, lambda: self._refresh_tag(route, tag, accept, entry)
+        )
+
+    async def _refresh_tag(
+        self, route: Route, tag: str, accept: tuple[str, ...], entry: TagEntry | None
+    ) -> Manifest:
+        upstream = self._s.upstream(route)
+        akey = accept_key(accept)
+        cached = await self._load(entry.digest) if entry else None
+        try:
+            if entry is not None and cached is not None:
+                head = await upstream.head_manifest(route.repository, tag, accept)
+                if head.digest is not None and str(head.digest) == entry.digest:
+                    await self._s.meta.put_tag(
+                        route.registry, route.repository, tag, akey, entry.digest, entry.media_type
+                    )
+                    stats.set_cache("revalidated")
+                    return Manifest(cached, entry.media_type, entry.digest)
+                log.info(
+                    "event=tag_moved upstream=%s repo=%s tag=%s old=%s new=%s",
+                    route.registry,
+                    route.repository,
+                    tag,
+                    entry.digest,
+                    head.digest,
+                )
+            fetched = await upstream.get_manifest(
+                route.repository, tag, accept, self._s.settings.max_manifest_size
+            )
+        except errors.UpstreamUnavailable as exc:
+            if entry is None or cached is None:
+                raise
+            log.warning(
+                "event=serve_stale upstream=%s repo=%s tag=%s digest=%s reason=%r",
+                route.registry,
+                route.repository,
+                tag,
+                entry.digest,
+                exc.reason,
+            )
+            stats.set_cache("stale")
+            return Manifest(cached, entry.media_type, entry.digest, stale=True)
+        stats.set_cache("miss")
+        result = await self._store(route, fetched)
+        await self._s.meta.put_tag(
+            route.registry, route.repository, tag, akey, result.digest, result.media_type
+        )
+        return result
+
+    async def _store(self, route: Route, fetched: FetchedManifest) -> Manifest:
+        """Commit the bytes (verified by digest) and their metadata, then serve them."""
+        key = str(fetched.digest)
+        await self._s.store.put_bytes(fetched.digest, fetched.body)
+        await self._s.meta.add_manifest(
+            key,
+            fetched.media_type,
+            len(fetched.body),
+            route.registry,
+            route.repository,
+            manifest.children(fetched.body, fetched.media_type),
+        )
+        self._s.memory.put(key, fetched.body)
+        log.info(
+            "event=manifest_cached upstream=%s repo=%s digest=%s media_type=%s bytes=%d",
+            route.registry,
+            route.repository,
+            key,
+            fetched.media_type,
+            len(fetched.body),
+        )
+        return Manifest(fetched.body, fetched.media_type, key)
+
+    async def _load(self, digest: str) -> bytes | None:
+        body = self._s.memory.get(digest)
+        if body is None:
+            body = await self._s.store.read_bytes(parse_digest(digest))
+            if body is not None:
+                self._s.memory.put(digest, body)
+        return body

@@ -1,0 +1,181 @@
+"""Content-addressed blob files: blobs/<alg>/<ab>/<hex>, written temp -> verify -> fsync -> rename.
+
+The store never touches the network. A file exists under its digest only once its
+bytes were hashed and found to match; partial downloads live in ``tmp/`` and are
+removed at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from mirror.errors import BlobVerificationError
+from mirror.reference import ALGORITHMS, Digest
+
+log = logging.getLogger("mirror.storage")
+
+#: Size of the reads and writes the store does at once.
+CHUNK_SIZE = 1024 * 1024
+
+
+class TempBlob:
+    """A blob being written: bytes go to a temp file and a running hash at once."""
+
+    def __init__(self, path: Path, digest: Digest) -> None:
+        self.path = path
+        self.digest = digest
+        self.written = 0
+        self._hash = digest.hasher()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    async def write(self, chunk: bytes) -> None:
+        """Append bytes (hashing and writing off the event loop, in one hop)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._write, chunk)
+        self.written += len(chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    async def commit(self, final: Path, expected_size: int | None) -> None:
+        """Verify digest and size, fsync, and atomically move into place.
+
+        Raises BlobVerificationError (and discards the file) on a mismatch.
+        """
+        actual = self._hash.hexdigest()
+        if expected_size is not None and self.written != expected_size:
+            await self.discard()
+            raise BlobVerificationError(
+                str(self.digest), f"size {self.written} != expected {expected_size}"
+            )
+        if actual != self.digest.hex:
+            await self.discard()
+            raise BlobVerificationError(str(self.digest), f"content hashes to {actual}")
+        await asyncio.get_running_loop().run_in_executor(None, self._publish, final)
+
+    def _publish(self, final: Path) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def discard(self) -> None:
+        """Close and remove the temp file (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            await aiofiles.os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class BlobStore:
+    """Verified blob files on disk, addressed by digest."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_root = root / "blobs"
+        self.tmp_root = root / "tmp"
+
+    def prepare(self) -> None:
+        """Create the directories (called once at start-up, before serving)."""
+        for algorithm in ALGORITHMS:
+            (self.blob_root / algorithm).mkdir(parents=True, exist_ok=True)
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: Digest) -> Path:
+        """Where a committed blob lives."""
+        return self.blob_root / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def new_temp(self, digest: Digest) -> TempBlob:
+        """A fresh temp file for a download of ``digest``."""
+        name = f"{digest.algorithm}-{digest.hex[:16]}-{uuid.uuid4().hex}.part"
+        return TempBlob(self.tmp_root / name, digest)
+
+    async def size(self, digest: Digest) -> int | None:
+        """The size of a committed blob, or None if it is not on disk."""
+        try:
+            return (await aiofiles.os.stat(self.path(digest))).st_size
+        except FileNotFoundError:
+            return None
+
+    async def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """Store small content (manifests) through the same verified path."""
+        temp = self.new_temp(digest)
+        try:
+            await temp.write(data)
+            await temp.commit(self.path(digest), len(data))
+        except BaseException:
+            await temp.discard()
+            raise
+
+    async def read_bytes(self, digest: Digest) -> bytes | None:
+        """The content of a committed blob, or None if missing."""
+        try:
+            async with aiofiles.open(self.path(digest), "rb") as f:
+                return await f.read()
+        except FileNotFoundError:
+            return None
+
+    async def delete(self, digest: Digest) -> None:
+        """Remove a committed blob if present."""
+        try:
+            await aiofiles.os.remove(self.path(digest))
+        except FileNotFoundError:
+            pass
+
+    def clean_temp(self) -> int:
+        """Remove every partial download left by a crash; returns how many."""
+        removed = 0
+        for entry in self.tmp_root.iterdir():
+            entry.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def scan(self) -> list[tuple[Digest, int]]:
+        """Every committed blob on disk with its size (blocking; run in an executor)."""
+        found: list[tuple[Digest, int]] = []
+        for algorithm in ALGORITHMS:
+            base = self.blob_root / algorithm
+            for shard in base.iterdir() if base.exists() else ():
+                for entry in shard.iterdir():
+                    found.append((Digest(algorithm, entry.name), entry.stat().st_size))
+        return found
+
+    def verify_file(self, digest: Digest) -> bool:
+        """Re-hash a committed file (blocking): used for orphans found at start-up."""
+        hasher = digest.hasher()
+        with open(self.path(digest), "rb") as f:
+            while chunk := f.read(CHUNK_SIZE):
+                hasher.update(chunk)
+        return hasher.hexdigest() == digest.hex
+
+
+async def read_range(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
+    """Yield ``length`` bytes of a file from ``start`` in store-sized chunks."""
+    async with aiofiles.open(path, "rb") as f:
+        await f.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = await f.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk

@@ -1,0 +1,4 @@
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.mirror_fixtures",
+]
