@@ -11,19 +11,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.support import images
-from tests.support.catalog import Pushed, push_standard_images
+from tests.support.catalog import Pushed
 from tests.support.mirror import upstream
 from tests.support.registry import Registry
 
 ALL_ACCEPT = ", ".join(
     [images.DOCKER_MANIFEST, images.DOCKER_LIST, images.OCI_MANIFEST, images.OCI_INDEX]
 )
-
-
-@pytest.fixture(scope="session")
-def pushed(registry_session: Registry) -> Pushed:
-    registry_session.start()
-    return push_standard_images(registry_session.url)
 
 
 @pytest.fixture

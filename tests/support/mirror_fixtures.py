@@ -12,7 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from mirror.config import Settings
 from mirror.http.app import create_app
+from tests.support.catalog import Pushed, push_standard_images
 from tests.support.mirror import MirrorProcess
+from tests.support.registry import Registry
 
 MirrorFactory = Callable[..., MirrorProcess]
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -59,3 +61,10 @@ async def mirror_client(
         return client
 
     yield make
+
+
+@pytest.fixture(scope="session")
+def pushed(registry_session: Registry) -> Pushed:
+    """The standard images, pushed once into the shared plain registry."""
+    registry_session.start()
+    return push_standard_images(registry_session.url)
