@@ -46,3 +46,5 @@ def add_upstream_time(upstream: str, seconds: float) -> None:
     stats = current()
     stats.upstream_seconds += seconds
     stats.upstream = upstream
+    if stats.cache == "-":
+        stats.cache = "miss"  # it went upstream, whatever the outcome

@@ -251,3 +251,15 @@ def test_router(tmp_path: Path) -> None:
         with pytest.raises(errors.MirrorError) as info:
             router.route(name, ns)
         assert info.value.code is errors.DENIED
+
+
+def test_example_config_is_valid_and_documents_every_setting() -> None:
+    from mirror.config import Settings, UpstreamSettings
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    settings = load_settings(example, environ={})
+    assert settings.default_upstream is not None
+    text = example.read_text()
+    for field in [*Settings.model_fields, *UpstreamSettings.model_fields]:
+        documented = (f"\n{field} =", f"\n# {field} =", f"\n[[{field}]]")
+        assert any(d in text for d in documented), f"{field} undocumented"
