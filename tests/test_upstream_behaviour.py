@@ -102,7 +102,8 @@ async def test_transient_5xx_absorbed_by_a_retry(
         [upstream("docker.io", proxy.url, default=True, retries=3)]
     )
     request = asyncio.ensure_future(mirror.get("/v2/team/single/manifests/v1"))
-    while proxy.count("GET", "/manifests/v1") == 0:  # the first attempt failed...
+    # the proxy runs in another thread: poll its counter
+    while proxy.count("GET", "/manifests/v1") == 0:  # noqa: ASYNC110 (first attempt failed)
         await asyncio.sleep(0.005)
     proxy.fail_status = None  # ...and the upstream recovers before the retry
     resp = await request
