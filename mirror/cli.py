@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mirror import logs
 from mirror.config import Settings, load_settings
@@ -38,16 +40,33 @@ def _serve(args: argparse.Namespace) -> int:
         settings.data_dir,
         ",".join(f"{u.registry}{'(default)' if u.default else ''}" for u in settings.upstreams),
     )
+    sockets = [_bind(settings.listen)] + [_bind(v.listen) for v in settings.views if v.listen]
     web.run_app(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
+        sock=sockets,
         access_log_class=AccessLogger,
         access_log=access_logger(),
         print=None,
         shutdown_timeout=5.0,
     )
     return 0
+
+
+def _bind(listen: str) -> socket.socket:
+    """A listening socket for HOST:PORT (several, for views on their own ports)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -76,6 +95,39 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_create(args: argparse.Namespace) -> int:
+    from mirror import admin
+
+    settings = _settings(args)
+    logs.setup("warning", settings.log_format)
+    platform_of = {}
+    for item in args.platform_of or []:
+        source, sep, platform = item.rpartition("=")
+        if not sep or not source:
+            raise ConfigError(f"--platform-of wants SOURCE=os/arch[/variant], got {item!r}")
+        platform_of[source] = platform
+    return _run_admin(admin.create_list(settings, args.target, args.sources, platform_of))
+
+
+def _list_inspect(args: argparse.Namespace) -> int:
+    from mirror import admin
+
+    settings = _settings(args)
+    logs.setup("warning", settings.log_format)
+    return _run_admin(admin.inspect(settings, args.target, args.json))
+
+
+def _run_admin(coro: Any) -> int:
+    from mirror import admin
+    from mirror.errors import MirrorError
+
+    try:
+        return int(asyncio.run(coro))
+    except (MirrorError, ValueError) as exc:
+        print(f"mirror: {admin.describe_error(exc)}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     parser = argparse.ArgumentParser(prog="mirror", description="Caching registry mirror")
@@ -95,6 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(db_sub.add_parser("upgrade", help="apply migrations")).set_defaults(
         func=_db_upgrade
     )
+
+    lists = sub.add_parser("list", help="synthesized manifest lists and platforms")
+    lists_sub = lists.add_subparsers(dest="list_command", required=True)
+    create = with_config(
+        lists_sub.add_parser("create", help="create (or replace) a list from per-platform images")
+    )
+    create.add_argument("target", metavar="TARGET", help="[registry/]name:tag to serve it as")
+    create.add_argument("sources", metavar="SOURCE", nargs="+", help="[registry/]name:tag")
+    create.add_argument(
+        "--platform-of",
+        action="append",
+        metavar="SOURCE=os/arch[/variant]",
+        help="declare a source's platform instead of reading its config",
+    )
+    create.set_defaults(func=_list_create)
+    inspect = with_config(
+        lists_sub.add_parser("inspect", help="a list's or image's platforms and what is cached")
+    )
+    inspect.add_argument("target", metavar="TARGET", help="[registry/]name[:tag|@digest]")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=_list_inspect)
 
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -86,6 +86,12 @@ class UpstreamSettings(BaseModel):
     connect_timeout: Duration = 10.0
     read_timeout: Duration = 60.0
     retries: int = Field(default=2, ge=0, le=10)
+    platforms: list[str] = Field(default_factory=list)
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: list[str]) -> list[str]:
+        return _check_platforms(value)
 
     @field_validator("registry")
     @classmethod
@@ -125,6 +131,102 @@ class UpstreamSettings(BaseModel):
         return self.registry in ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def _check_platforms(values: list[str]) -> list[str]:
+    from mirror.platforms import parse_platform
+
+    for value in values:
+        parse_platform(value)  # ValueError names the value and the accepted forms
+    return values
+
+
+class ListSource(BaseModel):
+    """One source of a synthesized list, with an optional platform override."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str
+    platform: str | None = None
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_platforms([value])
+        return value
+
+
+class ListSettings(BaseModel):
+    """A manifest list the mirror synthesizes (server-side `docker manifest create`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    sources: list[ListSource]
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"ref": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _not_empty(cls, value: list[ListSource]) -> list[ListSource]:
+        if not value:
+            raise ValueError("a list needs at least one source")
+        return value
+
+
+class ViewSettings(BaseModel):
+    """A per-platform view: a path prefix (and optionally its own port).
+
+    ``pin = false``: tags answer an index of only ``platforms`` (a filter).
+    ``pin = true``: tags answer the single-platform manifest of the one platform.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    platforms: list[str]
+    pin: bool = False
+    listen: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*", value) or "." in value:
+            raise ValueError(
+                f"view name {value!r} must be a lower-case path component without dots"
+            )
+        return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a view needs at least one platform")
+        return _check_platforms(value)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else _check_listen(value)
+
+    @model_validator(mode="after")
+    def _pin(self) -> ViewSettings:
+        if self.pin and len(self.platforms) != 1:
+            raise ValueError("a pinned view takes exactly one platform")
+        return self
+
+
 DOCKER_HUB = UpstreamSettings(
     registry="docker.io", url="https://registry-1.docker.io", default=True
 )
@@ -148,14 +250,13 @@ class Settings(BaseModel):
     log_format: str = "kv"
     max_manifest_size: Size = 4 * 1024 * 1024
     upstreams: list[UpstreamSettings] = Field(default_factory=lambda: [DOCKER_HUB])
+    lists: list[ListSettings] = Field(default_factory=list)
+    views: list[ViewSettings] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT, got {value!r}")
-        return value
+        return _check_listen(value)
 
     @field_validator("log_level")
     @classmethod
@@ -183,6 +284,20 @@ class Settings(BaseModel):
         if sum(u.default for u in value) > 1:
             raise ValueError("only one upstream may have default = true")
         return value
+
+    @model_validator(mode="after")
+    def _lists_and_views(self) -> Settings:
+        from mirror.lists import check_list_settings
+
+        check_list_settings(self)
+        names = [v.name for v in self.views]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"views: name listed twice: {', '.join(dupes)}")
+        ports = [self.listen] + [v.listen for v in self.views if v.listen]
+        if len(set(ports)) != len(ports):
+            raise ValueError("views: each view's listen must differ from the others and listen")
+        return self
 
     @property
     def host(self) -> str:
@@ -246,10 +361,10 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     where = f" in {path}" if path else ""
     lines = [f"invalid configuration{where}:"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        key = re.sub(r"upstreams\.(\d+)", lambda m: f"upstreams[{m.group(1)}]", key)
+        key = ".".join(str(p) for p in err["loc"])
+        key = re.sub(r"(upstreams|lists|views|sources)\.(\d+)", r"\1[\2]", key)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"  {key}: {message}")
+        lines.append(f"  {key}: {message}" if key else f"  {message}")
     return "\n".join(lines)

@@ -42,3 +42,5 @@ def setup(level: str = "info", fmt: str = "kv") -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log is replaced by ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # SQL statement chatter is not an event.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

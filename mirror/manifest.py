@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from mirror import mediatypes
+from mirror.platforms import Platform, from_json
 
 EMPTY_INDEX = (
     b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
@@ -53,4 +54,29 @@ def filter_referrers(body: bytes, artifact_type: str) -> bytes:
         if isinstance(d, dict) and d.get("artifactType") == artifact_type
     ]
     out = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": manifests}
-    return json.dumps(out, separators=(",", ":"), sort_keys=True).encode()
+    return canonical(out)
+
+
+def entries(body: bytes) -> list[dict[str, Any]]:
+    """The descriptors of a list (empty for anything else)."""
+    doc = load(body) or {}
+    found = doc.get("manifests")
+    return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+
+
+def platforms_of_list(body: bytes, media_type: str) -> list[tuple[str, Platform]]:
+    """(child digest, platform) of every list entry that declares a usable platform."""
+    if media_type not in mediatypes.LIST_TYPES:
+        return []
+    out = []
+    for entry in entries(body):
+        platform = from_json(entry.get("platform"))
+        digest = entry.get("digest")
+        if platform is not None and isinstance(digest, str) and platform.os != "unknown":
+            out.append((digest, platform))
+    return out
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    """Deterministic bytes of a document the mirror makes (stable digest everywhere)."""
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()

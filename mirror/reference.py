@@ -100,3 +100,46 @@ def looks_like_registry(component: str) -> bool:
         ("." in component or ":" in component or component == "localhost")
         and REGISTRY_RE.fullmatch(component)
     )
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """``[registry/]name[:tag][@digest]`` as users write it (registry None: the default)."""
+
+    registry: str | None
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """What to ask the manifests endpoint for: the digest if pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        out = f"{self.registry}/{self.repository}" if self.registry else self.repository
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def parse_image_ref(text: str) -> ImageRef:
+    """Parse an image reference; MirrorError (NAME_INVALID, TAG_INVALID...) says what is wrong."""
+    rest, _, digest = text.strip().partition("@")
+    if digest:
+        parse_digest(digest)
+    tag = None
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], validate_tag(rest[colon + 1 :])
+    first, _, remainder = rest.partition("/")
+    registry = None
+    if remainder and looks_like_registry(first):
+        registry, rest = first.lower(), remainder
+    validate_name(rest)
+    if not tag and not digest:
+        tag = "latest"
+    return ImageRef(registry, rest, tag, digest or None)

@@ -75,3 +75,29 @@ class ReferrersRow(Base):
     artifact_type: Mapped[str] = mapped_column(String(255), primary_key=True)
     digest: Mapped[str] = mapped_column(String(200))
     checked_at: Mapped[float] = mapped_column(Float)
+
+
+class ManifestPlatform(Base):
+    """The platform of a cached image manifest (from an index entry or its config)."""
+
+    __tablename__ = "manifest_platforms"
+
+    digest: Mapped[str] = mapped_column(String(200), primary_key=True)
+    os: Mapped[str] = mapped_column(String(64))
+    architecture: Mapped[str] = mapped_column(String(64))
+    variant: Mapped[str] = mapped_column(String(64), default="")
+    os_version: Mapped[str] = mapped_column(String(128), default="")
+    features: Mapped[str] = mapped_column(String(512), default="")  # comma-separated
+    source: Mapped[str] = mapped_column(String(16))  # "index" or "config"
+
+
+class SynthesizedList(Base):
+    """A list created with `mirror list create` (config [[lists]] are not stored here)."""
+
+    __tablename__ = "synthesized_lists"
+
+    upstream: Mapped[str] = mapped_column(String(255), primary_key=True)
+    repository: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sources: Mapped[str] = mapped_column(String(8192))  # JSON: [{"ref", "platform"}]
+    created_at: Mapped[float] = mapped_column(Float)

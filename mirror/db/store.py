@@ -15,8 +15,17 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mirror.db.models import BlobRow, ManifestRow, ReferrersRow, RepositoryLink, TagRow
+from mirror.db.models import (
+    BlobRow,
+    ManifestPlatform,
+    ManifestRow,
+    ReferrersRow,
+    RepositoryLink,
+    SynthesizedList,
+    TagRow,
+)
 from mirror.db.session import sessionmaker
+from mirror.platforms import Platform
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,72 @@ class MetadataStore:
                     set_={"digest": digest, "checked_at": values["checked_at"]},
                 )
             )
+
+    # --- platforms ---------------------------------------------------------------------
+
+    async def put_platforms(self, items: Iterable[tuple[str, Platform, str]]) -> None:
+        """Record (digest, platform, source) facts; an index entry wins over a config."""
+        rows = [
+            dict(
+                digest=d,
+                os=p.os,
+                architecture=p.architecture,
+                variant=p.variant,
+                os_version=p.os_version,
+                features=",".join(p.features),
+                source=src,
+            )
+            for d, p, src in items
+        ]
+        if not rows:
+            return
+        async with self._sessions.begin() as s:
+            stmt = self._insert(ManifestPlatform).values(rows)  # type: ignore[attr-defined]
+            await s.execute(stmt.on_conflict_do_nothing())
+
+    async def platforms(self, digests: Iterable[str]) -> dict[str, Platform]:
+        """Known platforms of the given manifest digests."""
+        wanted = list(digests)
+        out: dict[str, Platform] = {}
+        async with self._sessions() as s:
+            for start in range(0, len(wanted), 500):
+                rows = await s.scalars(
+                    select(ManifestPlatform).where(
+                        ManifestPlatform.digest.in_(wanted[start : start + 500])
+                    )
+                )
+                for r in rows:
+                    features = tuple(f for f in r.features.split(",") if f)
+                    out[r.digest] = Platform(
+                        r.os, r.architecture, r.variant, r.os_version, features
+                    )
+        return out
+
+    # --- lists created from the command line ------------------------------------------------
+
+    async def put_list(self, registry: str, repository: str, tag: str, sources: str) -> None:
+        """Create or replace a synthesized list definition (sources as JSON)."""
+        values = dict(
+            upstream=registry,
+            repository=repository,
+            tag=tag,
+            sources=sources,
+            created_at=time.time(),
+        )
+        async with self._sessions.begin() as s:
+            stmt = self._insert(SynthesizedList).values(**values)  # type: ignore[attr-defined]
+            await s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["upstream", "repository", "tag"],
+                    set_={"sources": sources, "created_at": values["created_at"]},
+                )
+            )
+
+    async def lists(self) -> list[tuple[str, str, str, str]]:
+        """Every stored list: (registry, repository, tag, sources JSON)."""
+        async with self._sessions() as s:
+            rows = await s.scalars(select(SynthesizedList))
+            return [(r.upstream, r.repository, r.tag, r.sources) for r in rows]
 
     # --- access statistics -----------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from mirror.config import Settings
-from mirror.http.keys import REGISTRY, SETTINGS
+from mirror.http.keys import PORT_VIEWS, REGISTRY, SETTINGS
 from mirror.http.middleware import errors_middleware
 from mirror.http.routes import add_routes
 from mirror.registry.service import open_registry
@@ -17,6 +17,7 @@ def create_app(settings: Settings) -> web.Application:
     """The mirror's web application; the registry opens and closes with it."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[SETTINGS] = settings
+    app[PORT_VIEWS] = {int(v.listen.rpartition(":")[2]): v.name for v in settings.views if v.listen}
     add_routes(app)
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mirror import errors
-from mirror.http.keys import REGISTRY
+from mirror.http.keys import PORT_VIEWS, REGISTRY
 from mirror.http.middleware import API_VERSION
 from mirror.mediatypes import OCI_INDEX, OCTET_STREAM, accepted_manifest_types
 from mirror.policy import Route
@@ -74,7 +74,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             errors.UNSUPPORTED, f"{request.method} is not supported: this mirror is read-only"
         )
     registry = request.app[REGISTRY]
-    route = registry.router.route(endpoint.name, request.query.get("ns"))
+    port_view = request.app[PORT_VIEWS].get(_local_port(request) or 0)
+    view = registry.router.views.get(port_view) if port_view else None
+    route = registry.router.route(endpoint.name, request.query.get("ns"), view)
     response: web.StreamResponse
     if endpoint.kind == "manifests":
         response = await _manifest(request, route, endpoint.reference)
@@ -85,6 +87,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     else:
         response = await _tags(request, route)
     return response
+
+
+def _local_port(request: web.Request) -> int | None:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
 
 
 def _route_headers(route: Route) -> dict[str, str]:

@@ -9,3 +9,5 @@ from mirror.registry.service import Registry
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
+#: local port -> view name, for views served on their own port
+PORT_VIEWS = web.AppKey("port_views", dict[int, str])

@@ -75,8 +75,13 @@ class ProxyBlobs:
                 return LocalBlob(digest, self._s.store.path(digest), size)
             fetch = self._s.inflight.get(digest)  # it may have started meanwhile
         if fetch is None:
-            fetch = self._start(route, digest)
+            source = await self._s.origin(route, str(digest)) or route
+            # no await between this check and the start: one download per digest
+            fetch = self._s.inflight.get(digest) or self._start(source, digest)
+            if source is not route:
+                await self._s.meta.link(route.registry, route.repository, str(digest), "blob")
             stats.set_cache("miss")
+
         else:
             if fetch.key != (route.registry, route.repository):
                 await self._confirm(route, digest)
@@ -98,15 +103,17 @@ class ProxyBlobs:
             log.warning("event=blob_file_missing digest=%s", key)
             await self._s.meta.forget([key])
             return None
-        if not await self._s.meta.is_linked(route.registry, route.repository, key):
-            await self._confirm(route, digest)
+        await self._confirm(route, digest)
         return size
 
     async def _confirm(self, route: Route, digest: Digest) -> None:
-        """Ask the upstream whether this repository has the blob; link it if so."""
-        if await self._s.meta.is_linked(route.registry, route.repository, str(digest)):
+        """Make sure this repository may serve the blob: linked, via a list's source, or
+        confirmed by the upstream's HEAD (then linked)."""
+        origin = await self._s.origin(route, str(digest))
+        if origin is route:
             return
-        await self._s.upstream(route).head_blob(route.repository, digest)
+        if origin is None:
+            await self._s.upstream(route).head_blob(route.repository, digest)
         await self._s.meta.link(route.registry, route.repository, str(digest), "blob")
 
     def _start(self, route: Route, digest: Digest) -> BlobFetch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from mirror.config import Settings
@@ -70,7 +70,22 @@ class Services:
     upstreams: dict[str, UpstreamRegistry]
     inflight: InflightFetches
     memory: ManifestMemory
+    #: (registry, repository) of a synthesized list -> the routes of its sources
+    aliases: dict[tuple[str, str], list[Route]] = field(default_factory=dict)
 
     def upstream(self, route: Route) -> UpstreamRegistry:
         """The client of a route's upstream."""
         return self.upstreams[route.registry]
+
+    async def origin(self, route: Route, digest: str) -> Route | None:
+        """The route under which ``digest`` is known to live for ``route``'s repository.
+
+        The route itself when linked there; for a synthesized list's repository, the
+        source that references it; None when nobody has seen it (ask the upstream).
+        """
+        if await self.meta.is_linked(route.registry, route.repository, digest):
+            return route
+        for source in self.aliases.get((route.registry, route.repository), ()):
+            if await self.meta.is_linked(source.registry, source.repository, digest):
+                return source
+        return None

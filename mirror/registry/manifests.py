@@ -45,23 +45,40 @@ class ProxyManifests:
         return await self._by_tag(route, validate_tag(reference), accept)
 
     async def by_digest(self, route: Route, digest: Digest) -> Manifest:
-        """Immutable content: from cache when this repository is known to have it."""
+        """Immutable content: from cache when this repository is known to have it.
+
+        For a synthesized list's repository, content its sources reference is fetched
+        from (and linked under) the source that has it.
+        """
         key = str(digest)
+        origin = await self._s.origin(route, key)
         entry = await self._s.meta.manifest(key)
-        if entry is not None:
-            body = await self._load(key)
-            if body is not None:
-                if not await self._s.meta.is_linked(route.registry, route.repository, key):
-                    # Cached for another repository: confirm this one has it too.
-                    await self._s.upstream(route).head_manifest(
-                        route.repository, key, MANIFEST_TYPES
-                    )
-                    await self._s.meta.link(route.registry, route.repository, key, "manifest")
-                stats.set_cache("hit")
-                self._s.meta.record_access("manifest", key)
-                return Manifest(body, entry.media_type, key)
-        flight_key = ("digest", route.registry, route.repository, key)
-        return await self._flight.run(flight_key, lambda: self._fetch_digest(route, digest))
+        body = await self._load(key) if entry is not None else None
+        if entry is not None and body is not None:
+            if origin is None:
+                # Cached for another repository: confirm this one has it too.
+                await self._s.upstream(route).head_manifest(route.repository, key, MANIFEST_TYPES)
+            if origin is not route:
+                await self._s.meta.link(route.registry, route.repository, key, "manifest")
+            stats.set_cache("hit")
+            self._s.meta.record_access("manifest", key)
+            return Manifest(body, entry.media_type, key)
+        source = origin or route
+        flight_key = ("digest", source.registry, source.repository, key)
+        found = await self._flight.run(flight_key, lambda: self._fetch_digest(source, digest))
+        if source is not route:
+            await self._s.meta.link(route.registry, route.repository, key, "manifest")
+        return found
+
+    async def store_derived(self, route: Route, body: bytes, media_type: str) -> Manifest:
+        """Cache a manifest the mirror made (a filtered or synthesized list) under a route."""
+        digest = Digest.of(body)
+        key = str(digest)
+        if self._s.memory.get(key) is None or not await self._s.meta.is_linked(
+            route.registry, route.repository, key
+        ):
+            await self._store(route, FetchedManifest(body, media_type, digest))
+        return Manifest(body, media_type, key)
 
     async def _fetch_digest(self, route: Route, digest: Digest) -> Manifest:
         fetched = await self._s.upstream(route).get_manifest(
@@ -152,14 +169,19 @@ class ProxyManifests:
             manifest.children(fetched.body, fetched.media_type),
         )
         self._s.memory.put(key, fetched.body)
+        described = manifest.platforms_of_list(fetched.body, fetched.media_type)
+        if described:
+            await self._s.meta.put_platforms((d, p, "index") for d, p in described)
         log.info(
-            "event=manifest_cached upstream=%s repo=%s digest=%s media_type=%s bytes=%d",
+            "event=manifest_cached upstream=%s repo=%s digest=%s media_type=%s bytes=%d%s",
             route.registry,
             route.repository,
             key,
             fetched.media_type,
             len(fetched.body),
+            " platforms=" + ",".join(str(p) for _, p in described) if described else "",
         )
+
         return Manifest(fetched.body, fetched.media_type, key)
 
     async def _load(self, digest: str) -> bytes | None:

@@ -7,16 +7,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from mirror import errors
 from mirror.config import Settings
 from mirror.db.session import create_engine, upgrade
 from mirror.db.store import MetadataStore
-from mirror.policy import Router
-from mirror.reference import parse_digest
+from mirror.errors import ConfigError
+from mirror.mediatypes import MANIFEST_TYPES
+from mirror.policy import Route, Router
+from mirror.reference import is_digest, parse_digest
 from mirror.registry.blobs import ProxyBlobs
 from mirror.registry.common import ManifestMemory, Services
 from mirror.registry.inflight import InflightFetches
-from mirror.registry.manifests import ProxyManifests
-from mirror.registry.tags import Catalog, ProxyReferrers, ProxyTags
+from mirror.registry.manifests import Manifest, ProxyManifests
+from mirror.registry.platforms import PlatformIndex, PlatformViews
+from mirror.registry.synth import ListBuildError, SynthesizedLists
+from mirror.registry.tags import Catalog, Page, ProxyReferrers, ProxyTags, paginate
 from mirror.storage.blobs import BlobStore
 from mirror.upstream.client import UpstreamRegistry, new_session
 
@@ -24,6 +29,63 @@ log = logging.getLogger("mirror.registry")
 
 #: How often counted hits are written to the database.
 ACCESS_FLUSH_SECONDS = 5.0
+#: How often lists created from the command line are picked up.
+LISTS_REFRESH_SECONDS = 2.0
+
+
+class ManifestService:
+    """Manifests as clients see them: synthesized lists and views over the proxy."""
+
+    def __init__(
+        self,
+        proxy: ProxyManifests,
+        lists: SynthesizedLists,
+        views: PlatformViews,
+    ) -> None:
+        self.proxy = proxy
+        self._lists = lists
+        self._views = views
+
+    async def get(self, route: Route, reference: str, accept: tuple[str, ...]) -> Manifest:
+        """The manifest for a tag or digest, through the route's list and view."""
+        if is_digest(reference):
+            if route.view is not None:
+                await self._views.check_digest(route, route.view, reference)
+            return await self.proxy.get(route, reference, accept)
+
+        spec = self._lists.lookup(route, reference)
+        wanted = MANIFEST_TYPES if route.view is not None else accept
+        if spec is not None:
+            found = await self._lists.get(spec)
+        else:
+            found = await self.proxy.get(route, reference, wanted)
+        if route.view is not None:
+            found = await self._views.apply(route, route.view, found, accept)
+        return found
+
+
+class TagService:
+    """Tag lists: the upstream's, plus the tags of lists synthesized in the repository."""
+
+    def __init__(self, proxy: ProxyTags, lists: SynthesizedLists) -> None:
+        self._proxy = proxy
+        self._lists = lists
+
+    async def list(self, route: Route, n: int | None, last: str | None) -> Page:
+        extra = [
+            s.tag
+            for s in self._lists.specs()
+            if (s.registry, s.repository) == (route.registry, route.repository)
+        ]
+        if not extra:
+            return await self._proxy.list(route, n, last)
+        try:
+            upstream = (await self._proxy.list(route, None, None)).items
+        except errors.MirrorError as exc:
+            if exc.status != 404:
+                raise
+            upstream = []
+        return paginate(sorted(set(upstream) | set(extra)), n, last)
 
 
 class Registry:
@@ -32,11 +94,26 @@ class Registry:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.router = Router(services.settings)
-        self.manifests = ProxyManifests(services)
+        proxy = ProxyManifests(services)
         self.blobs = ProxyBlobs(services)
-        self.tags = ProxyTags(services)
+        self.platforms = PlatformIndex(services, proxy, self.blobs)
+        self.lists = SynthesizedLists(services, self.router, proxy, self.platforms)
+        self.views = PlatformViews(services, proxy, self.platforms)
+        self.manifests = ManifestService(proxy, self.lists, self.views)
+        self.tags = TagService(ProxyTags(services), self.lists)
         self.catalog = Catalog(services)
         self.referrers = ProxyReferrers(services)
+
+    async def check_lists(self) -> None:
+        """Build every list once at start-up: a source the upstream does not know, or two
+        sources of one platform, stop start-up; an unreachable upstream only warns."""
+        for spec in self.lists.specs():
+            try:
+                await self.lists.get(spec)
+            except ListBuildError as exc:
+                raise ConfigError(f"invalid configuration: {exc.message}") from exc
+            except errors.MirrorError as exc:
+                log.warning("event=list_not_built list=%s reason=%r", spec, exc.message)
 
 
 async def reconcile(store: BlobStore, meta: MetadataStore) -> dict[str, int]:
@@ -73,7 +150,7 @@ async def reconcile(store: BlobStore, meta: MetadataStore) -> dict[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def open_registry(settings: Settings) -> AsyncIterator[Registry]:
+async def open_registry(settings: Settings, *, check_lists: bool = True) -> AsyncIterator[Registry]:
     """Prepare storage and schema, reconcile, and run the registry until exit."""
     store = BlobStore(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +158,7 @@ async def open_registry(settings: Settings) -> AsyncIterator[Registry]:
     engine = create_engine(settings.db_url)
     sessions = {u.registry: new_session(u) for u in settings.upstreams}
     inflight = InflightFetches(store)
-    flusher: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     meta = MetadataStore(engine)
     try:
         await upgrade(engine)
@@ -90,19 +167,33 @@ async def open_registry(settings: Settings) -> AsyncIterator[Registry]:
             u.registry: UpstreamRegistry(u, sessions[u.registry]) for u in settings.upstreams
         }
         services = Services(settings, store, meta, upstreams, inflight, ManifestMemory())
-        flusher = asyncio.create_task(_flush_forever(meta), name="access-flush")
-        yield Registry(services)
+        registry = Registry(services)
+        await registry.lists.refresh()
+        if check_lists:
+            await registry.check_lists()
+        tasks.append(asyncio.create_task(_flush_forever(meta), name="access-flush"))
+        tasks.append(asyncio.create_task(_refresh_lists(registry), name="lists-refresh"))
+        yield registry
     finally:
-        if flusher is not None:
-            flusher.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+                await task
         await inflight.close()
         with contextlib.suppress(Exception):
             await meta.flush_access()
         for session in sessions.values():
             await session.close()
         await engine.dispose()
+
+
+async def _refresh_lists(registry: Registry) -> None:
+    while True:
+        await asyncio.sleep(LISTS_REFRESH_SECONDS)
+        try:
+            await registry.lists.refresh()
+        except Exception:
+            log.exception("event=lists_refresh_failed")
 
 
 async def _flush_forever(meta: MetadataStore) -> None:

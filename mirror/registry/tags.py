@@ -59,7 +59,7 @@ class ProxyTags:
             return Page(page.items, page.next_last, stale=True)
         stats.set_cache("miss")
         tags = sorted(tags)  # the spec's lexical order; distribution 2.8 does not sort
-        if n is not None and len(tags) > n or (last and tags and tags[0] <= last):
+        if (n is not None and len(tags) > n) or (last and tags and tags[0] <= last):
             # The upstream ignored n/last (distribution 2.8 does): paginate here.
             return paginate(tags, n, last)
         next_last = tags[-1] if more and tags else None

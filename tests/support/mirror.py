@@ -77,6 +77,7 @@ class MirrorProcess:
             "upstreams": upstreams,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_toml = ""  # appended verbatim (lists, views)
 
     @property
     def host(self) -> str:
@@ -88,7 +89,7 @@ class MirrorProcess:
 
     def start(self, timeout: float = 20.0) -> MirrorProcess:
         """Write the config and start serving; waits until /v2/ answers."""
-        self.config_path.write_text(render_config(self.settings))
+        self.config_path.write_text(render_config(self.settings) + self.extra_toml)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mirror", "serve", "--config", str(self.config_path)],
