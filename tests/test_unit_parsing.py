@@ -254,12 +254,27 @@ def test_router(tmp_path: Path) -> None:
 
 
 def test_example_config_is_valid_and_documents_every_setting() -> None:
-    from mirror.config import Settings, UpstreamSettings
+    from mirror.config import ListSettings, ListSource, Settings, UpstreamSettings, ViewSettings
 
     example = Path(__file__).resolve().parent.parent / "config.example.toml"
     settings = load_settings(example, environ={})
     assert settings.default_upstream is not None
     text = example.read_text()
-    for field in [*Settings.model_fields, *UpstreamSettings.model_fields]:
-        documented = (f"\n{field} =", f"\n# {field} =", f"\n[[{field}]]")
+    fields = [
+        *Settings.model_fields,
+        *UpstreamSettings.model_fields,
+        *ListSettings.model_fields,
+        *ListSource.model_fields,
+        *ViewSettings.model_fields,
+    ]
+    for field in fields:
+        documented = (
+            f"\n{field} =",
+            f"\n# {field} =",
+            f"\n[[{field}]]",
+            f"{{ {field} =",
+            f"\n#   {field} =",
+            f", {field} =",
+        )
+
         assert any(d in text for d in documented), f"{field} undocumented"

@@ -154,3 +154,12 @@ async def test_oversized_download_is_refused(store: BlobStore) -> None:
         await fetch.wait_done()
     assert list(store.tmp_root.iterdir()) == []
     await table.close()
+
+
+def test_start_up_cleaning_spares_live_writers(store: BlobStore) -> None:
+    (store.tmp_root / "999999999-sha256-dead.part").write_bytes(b"x")  # no such process
+    (store.tmp_root / f"{os.getpid()}-sha256-mine.part").write_bytes(b"x")  # a crashed me
+    (store.tmp_root / "junk.part").write_bytes(b"x")
+    (store.tmp_root / "1-sha256-init.part").write_bytes(b"x")  # pid 1 is alive
+    assert store.clean_temp() == 3
+    assert [p.name for p in store.tmp_root.iterdir()] == ["1-sha256-init.part"]

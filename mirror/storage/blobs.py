@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiofiles
@@ -106,7 +105,9 @@ class BlobStore:
 
     def new_temp(self, digest: Digest) -> TempBlob:
         """A fresh temp file for a download of ``digest``."""
-        name = f"{digest.algorithm}-{digest.hex[:16]}-{uuid.uuid4().hex}.part"
+        # The writer's pid leads the name: start-up cleaning spares live writers' files
+        # (a `mirror` admin command may run beside the daemon on the same data dir).
+        name = f"{os.getpid()}-{digest.algorithm}-{digest.hex[:16]}-{uuid.uuid4().hex}.part"
         return TempBlob(self.tmp_root / name, digest)
 
     async def size(self, digest: Digest) -> int | None:
@@ -142,9 +143,12 @@ class BlobStore:
             pass
 
     def clean_temp(self) -> int:
-        """Remove every partial download left by a crash; returns how many."""
+        """Remove partial downloads left by a crash (not those of a live process)."""
         removed = 0
         for entry in self.tmp_root.iterdir():
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
             entry.unlink(missing_ok=True)
             removed += 1
         return removed
@@ -168,14 +172,11 @@ class BlobStore:
         return hasher.hexdigest() == digest.hex
 
 
-async def read_range(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
-    """Yield ``length`` bytes of a file from ``start`` in store-sized chunks."""
-    async with aiofiles.open(path, "rb") as f:
-        await f.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = await f.read(min(CHUNK_SIZE, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
