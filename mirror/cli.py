@@ -22,7 +22,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         "listen": getattr(args, "listen", None),
         "data_dir": getattr(args, "data_dir", None),
+        "offline": getattr(args, "offline", None),
     }
+
     return load_settings(args.config, overrides=overrides)
 
 
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = with_config(sub.add_parser("serve", help="run the mirror"))
     serve.add_argument("--listen", help="HOST:PORT, overrides listen")
+    serve.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="never contact any upstream: serve only what is cached",
+    )
     serve.set_defaults(func=_serve)
 
     db = sub.add_parser("db", help="database maintenance")

@@ -87,6 +87,7 @@ class UpstreamSettings(BaseModel):
     read_timeout: Duration = 60.0
     retries: int = Field(default=2, ge=0, le=10)
     platforms: list[str] = Field(default_factory=list)
+    offline: bool = False
 
     @field_validator("platforms")
     @classmethod
@@ -249,6 +250,8 @@ class Settings(BaseModel):
     log_level: str = "info"
     log_format: str = "kv"
     max_manifest_size: Size = 4 * 1024 * 1024
+    offline: bool = False
+
     upstreams: list[UpstreamSettings] = Field(default_factory=lambda: [DOCKER_HUB])
     lists: list[ListSettings] = Field(default_factory=list)
     views: list[ViewSettings] = Field(default_factory=list)
@@ -328,7 +331,15 @@ class Settings(BaseModel):
         return None
 
 
-_ENV_KEYS = ("listen", "data_dir", "database_url", "log_level", "log_format", "max_manifest_size")
+_ENV_KEYS = (
+    "listen",
+    "data_dir",
+    "database_url",
+    "log_level",
+    "log_format",
+    "max_manifest_size",
+    "offline",
+)
 
 
 def load_settings(

@@ -106,6 +106,13 @@ class UpstreamUnavailable(MirrorError):
         self.reason = reason
 
 
+class UpstreamOffline(UpstreamUnavailable):
+    """The upstream is configured offline: it is never contacted."""
+
+    def __init__(self, registry: str) -> None:
+        super().__init__(registry, "offline mode: the upstream is never contacted")
+
+
 class BlobVerificationError(MirrorError):
     """Bytes from the upstream did not match the digest or size they were asked for."""
 

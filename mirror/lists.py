@@ -46,7 +46,7 @@ class ListSpec:
         return f"{self.registry}/{self.repository}:{self.tag}"
 
 
-def _resolve(settings: Settings, ref: ImageRef, key: str) -> tuple[str, str]:
+def resolve_ref(settings: Settings, ref: ImageRef, key: str) -> tuple[str, str]:
     """(registry, repository at that upstream) of a user-written reference."""
     if ref.registry is None:
         default = settings.default_upstream
@@ -81,13 +81,13 @@ def list_spec(
     target = _parse(name, f"{key}.name")
     if target.digest or not target.tag:
         raise ValueError(f"{key}.name: a list is named by a tag, got {name!r}")
-    registry, repository = _resolve(settings, target, f"{key}.name")
+    registry, repository = resolve_ref(settings, target, f"{key}.name")
     specs: list[SourceSpec] = []
     seen: dict[str, str] = {}
     for i, (ref_text, platform_text) in enumerate(sources):
         skey = f"{key}.sources[{i}]"
         ref = _parse(ref_text, skey)
-        src_registry, src_repo = _resolve(settings, ref, skey)
+        src_registry, src_repo = resolve_ref(settings, ref, skey)
         platform = None
         if platform_text is not None:
             try:

@@ -101,3 +101,13 @@ class SynthesizedList(Base):
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)
     sources: Mapped[str] = mapped_column(String(8192))  # JSON: [{"ref", "platform"}]
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class Pin(Base):
+    """Content that must never be evicted (prefetch --pin, sync pin = true)."""
+
+    __tablename__ = "pins"
+
+    digest: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(512))
+    pinned_at: Mapped[float] = mapped_column(Float)

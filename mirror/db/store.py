@@ -19,6 +19,7 @@ from mirror.db.models import (
     BlobRow,
     ManifestPlatform,
     ManifestRow,
+    Pin,
     ReferrersRow,
     RepositoryLink,
     SynthesizedList,
@@ -164,6 +165,40 @@ class MetadataStore:
             row = await s.get(TagRow, (upstream, repository, tag, accept))
             return TagEntry(row.digest, row.media_type, row.checked_at) if row else None
 
+    async def any_tag(self, upstream: str, repository: str, tag: str) -> TagEntry | None:
+        """Where a tag pointed for any class of Accept (the newest check wins)."""
+        async with self._sessions() as s:
+            row = await s.scalar(
+                select(TagRow)
+                .where(
+                    TagRow.upstream == upstream, TagRow.repository == repository, TagRow.tag == tag
+                )
+                .order_by((TagRow.accept == "*").desc(), TagRow.checked_at.desc())
+                .limit(1)
+            )
+            return TagEntry(row.digest, row.media_type, row.checked_at) if row else None
+
+    async def cached_platforms(self, upstream: str, repository: str) -> list[Platform]:
+        """Platforms of the image manifests cached for a repository."""
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(ManifestPlatform)
+                .join(RepositoryLink, RepositoryLink.digest == ManifestPlatform.digest)
+                .join(ManifestRow, ManifestRow.digest == ManifestPlatform.digest)
+                .where(RepositoryLink.upstream == upstream, RepositoryLink.repository == repository)
+            )
+            found = {
+                Platform(
+                    r.os,
+                    r.architecture,
+                    r.variant,
+                    r.os_version,
+                    tuple(f for f in r.features.split(",") if f),
+                )
+                for r in rows
+            }
+        return sorted(found, key=str)
+
     async def put_tag(
         self, upstream: str, repository: str, tag: str, accept: str, digest: str, media_type: str
     ) -> None:
@@ -277,6 +312,25 @@ class MetadataStore:
                         r.os, r.architecture, r.variant, r.os_version, features
                     )
         return out
+
+    # --- pins --------------------------------------------------------------------------------
+
+    async def pin(self, digests: Iterable[str], reason: str) -> int:
+        """Record that content must never be evicted; returns how many were new."""
+        rows = [dict(digest=d, reason=reason[:512], pinned_at=time.time()) for d in set(digests)]
+        if not rows:
+            return 0
+        async with self._sessions.begin() as s:
+            before = await s.scalar(select(func.count()).select_from(Pin)) or 0
+            stmt = self._insert(Pin).values(rows)  # type: ignore[attr-defined]
+            await s.execute(stmt.on_conflict_do_nothing())
+            after = await s.scalar(select(func.count()).select_from(Pin)) or 0
+        return after - before
+
+    async def pinned(self) -> set[str]:
+        """Every pinned digest."""
+        async with self._sessions() as s:
+            return set(await s.scalars(select(Pin.digest)))
 
     # --- lists created from the command line ------------------------------------------------
 

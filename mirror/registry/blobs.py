@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror import stats
+from mirror import errors, stats
 from mirror.policy import Route
 from mirror.reference import Digest
 from mirror.registry.common import Services
@@ -58,6 +58,7 @@ class ProxyBlobs:
         if size is not None:
             stats.set_cache("hit")
             return size
+        self._refuse_offline(route, digest)
         upstream_size = await self._s.upstream(route).head_blob(route.repository, digest)
         stats.set_cache("miss")
         return upstream_size
@@ -76,6 +77,7 @@ class ProxyBlobs:
             fetch = self._s.inflight.get(digest)  # it may have started meanwhile
         if fetch is None:
             source = await self._s.origin(route, str(digest)) or route
+            self._refuse_offline(source, digest)
             # no await between this check and the start: one download per digest
             fetch = self._s.inflight.get(digest) or self._start(source, digest)
             if source is not route:
@@ -113,10 +115,20 @@ class ProxyBlobs:
         if origin is route:
             return
         if origin is None:
+            self._refuse_offline(route, digest)
             await self._s.upstream(route).head_blob(route.repository, digest)
         await self._s.meta.link(route.registry, route.repository, str(digest), "blob")
 
+    def _refuse_offline(self, route: Route, digest: Digest) -> None:
+        if self._s.upstream(route).offline:
+            raise errors.MirrorError(
+                errors.BLOB_UNKNOWN,
+                f"the mirror is offline and has no blob {digest} of {route.name}",
+                detail={"offline": True},
+            )
+
     def _start(self, route: Route, digest: Digest) -> BlobFetch:
+
         upstream = self._s.upstream(route)
         meta = self._s.meta
 

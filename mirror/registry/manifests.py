@@ -64,6 +64,8 @@ class ProxyManifests:
             self._s.meta.record_access("manifest", key)
             return Manifest(body, entry.media_type, key)
         source = origin or route
+        if self._s.upstream(source).offline:
+            raise await self.offline_error(route, f"manifest {key}", key)
         flight_key = ("digest", source.registry, source.repository, key)
         found = await self._flight.run(flight_key, lambda: self._fetch_digest(source, digest))
         if source is not route:
@@ -99,12 +101,20 @@ class ProxyManifests:
     async def _by_tag(self, route: Route, tag: str, accept: tuple[str, ...]) -> Manifest:
         akey = accept_key(accept)
         entry = await self._s.meta.tag(route.registry, route.repository, tag, akey)
-        if entry is not None and tag_is_fresh(entry.checked_at, route.upstream.tag_ttl):
+        offline = self._s.upstream(route).offline
+        if entry is None and offline:
+            # Offline (e.g. content imported from a bundle): any answer known for the tag.
+            entry = await self._s.meta.any_tag(route.registry, route.repository, tag)
+        if entry is not None and (
+            offline or tag_is_fresh(entry.checked_at, route.upstream.tag_ttl)
+        ):
             body = await self._load(entry.digest)
             if body is not None:
                 stats.set_cache("hit")
                 self._s.meta.record_access("manifest", entry.digest)
                 return Manifest(body, entry.media_type, entry.digest)
+        if offline:
+            raise await self.offline_error(route, f"tag {tag}")
         flight_key = ("tag", route.registry, route.repository, tag, akey)
         return await self._flight.run(
             flight_key, lambda: self._refresh_tag(route, tag, accept, entry)
@@ -184,7 +194,24 @@ class ProxyManifests:
 
         return Manifest(fetched.body, fetched.media_type, key)
 
+    async def offline_error(
+        self, route: Route, what: str, digest: str | None = None
+    ) -> errors.MirrorError:
+        """MANIFEST_UNKNOWN saying the mirror is offline, with the platforms it does have."""
+        cached = [
+            str(p) for p in await self._s.meta.cached_platforms(route.registry, route.repository)
+        ]
+        platform = (await self._s.meta.platforms([digest])).get(digest) if digest else None
+        which = f" ({platform})" if platform else ""
+        return errors.MirrorError(
+            errors.MANIFEST_UNKNOWN,
+            f"the mirror is offline and has no {what}{which} of {route.name}; "
+            f"cached platforms: {', '.join(cached) or 'none'}",
+            detail={"offline": True, "cached_platforms": cached},
+        )
+
     async def _load(self, digest: str) -> bytes | None:
+
         body = self._s.memory.get(digest)
         if body is None:
             body = await self._s.store.read_bytes(parse_digest(digest))

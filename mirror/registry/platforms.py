@@ -130,13 +130,9 @@ class PlatformViews:
                     return digest
         return kept[0][0]
 
-    async def _filtered(
-        self, route: Route, view: View, found: Manifest, keep: set[str]
-    ) -> Manifest:
-        memo_key = (found.digest, view.name)
-        cached = self._derived.get(memo_key)
-        if cached is not None:
-            return cached
+    async def subset(self, route: Route, found: Manifest, keep: set[str]) -> Manifest:
+        """The index ``found`` keeping only the entries ``keep`` (and their attestations),
+        as canonical bytes, cached under the route."""
         doc = manifest.load(found.body) or {}
         entries = [
             e
@@ -144,7 +140,17 @@ class PlatformViews:
             if e.get("digest") in keep or (e.get("annotations") or {}).get(_ATTESTS) in keep
         ]
         body = manifest.canonical({**doc, "manifests": entries})
-        derived = await self._manifests.store_derived(route, body, found.media_type)
+        return await self._manifests.store_derived(route, body, found.media_type)
+
+    async def _filtered(
+        self, route: Route, view: View, found: Manifest, keep: set[str]
+    ) -> Manifest:
+        memo_key = (found.digest, view.name)
+        cached = self._derived.get(memo_key)
+        if cached is not None:
+            return cached
+        derived = await self.subset(route, found, keep)
+
         log.info(
             "event=view_filtered view=%s repo=%s original=%s digest=%s platforms=%s",
             view.name,

@@ -164,8 +164,10 @@ async def open_registry(settings: Settings, *, check_lists: bool = True) -> Asyn
         await upgrade(engine)
         await reconcile(store, meta)
         upstreams = {
-            u.registry: UpstreamRegistry(u, sessions[u.registry]) for u in settings.upstreams
+            u.registry: UpstreamRegistry(u, sessions[u.registry], offline=settings.offline)
+            for u in settings.upstreams
         }
+
         services = Services(settings, store, meta, upstreams, inflight, ManifestMemory())
         registry = Registry(services)
         await registry.lists.refresh()

@@ -74,9 +74,12 @@ def new_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
 class UpstreamRegistry:
     """One upstream registry, over one aiohttp session."""
 
-    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, session: aiohttp.ClientSession, *, offline: bool = False
+    ) -> None:
         self.settings = settings
         self.name = settings.registry
+        self.offline = offline or settings.offline
         self._session = session
         self._base = URL(settings.url)
         self._challenge: Challenge | None = None
@@ -187,7 +190,10 @@ class UpstreamRegistry:
         headers: dict[str, str],
         params: dict[str, str] | None,
     ) -> aiohttp.ClientResponse:
+        if self.offline:
+            raise errors.UpstreamOffline(self.name)
         attempts = self.settings.retries + 1
+
         reason = ""
         for attempt in range(attempts):
             if attempt:
