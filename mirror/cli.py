@@ -119,6 +119,40 @@ def _list_inspect(args: argparse.Namespace) -> int:
     return _run_admin(admin.inspect(settings, args.target, args.json))
 
 
+def _prefetch(args: argparse.Namespace) -> int:
+    from mirror import prefetch
+    from mirror.platforms import parse_platform
+    from mirror.registry.service import open_registry
+
+    settings = _settings(args)
+    logs.setup("warning", settings.log_format)
+    if args.platform and args.all_platforms:
+        raise ConfigError("--platform and --all-platforms exclude each other")
+    try:
+        platforms = [parse_platform(p) for p in args.platform or []] or None
+    except ValueError as exc:
+        raise ConfigError(f"--platform: {exc}") from exc
+    refs = list(args.refs)
+    if args.from_file:
+        lines = Path(args.from_file).read_text().splitlines()
+        refs += [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+    if not refs:
+        raise ConfigError("nothing to prefetch: give REF... or --from-file")
+
+    async def run() -> int:
+        async with open_registry(settings, check_lists=False) as registry:
+            if sys.stderr.isatty():
+                with prefetch.progress_bars(sys.stderr) as bars:
+                    results = await prefetch.Prefetcher(registry, bars).run(
+                        refs, platforms, args.pin
+                    )
+            else:
+                results = await prefetch.Prefetcher(registry).run(refs, platforms, args.pin)
+        return prefetch.report(results)
+
+    return int(asyncio.run(run()))
+
+
 def _run_admin(coro: Any) -> int:
     from mirror import admin
     from mirror.errors import MirrorError
@@ -177,7 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_list_inspect)
 
+    pre = with_config(sub.add_parser("prefetch", help="warm the cache with images"))
+    pre.add_argument("refs", metavar="REF", nargs="*", help="[registry/]name[:tag|@digest]")
+    pre.add_argument(
+        "--platform",
+        action="append",
+        metavar="os/arch[/variant]",
+        help="only these platforms (repeatable); default: every platform of the index",
+    )
+    pre.add_argument("--all-platforms", action="store_true", help="every platform (default)")
+    pre.add_argument("--from-file", metavar="FILE", help="more REFs, one per line (# comments)")
+    pre.add_argument("--pin", action="store_true", help="never evict what this fetches")
+    pre.set_defaults(func=_prefetch)
+
     config = sub.add_parser("config", help="configuration")
+
     config_sub = config.add_subparsers(dest="config_command", required=True)
     with_config(config_sub.add_parser("check", help="validate and print")).set_defaults(
         func=_config_check
@@ -187,7 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mirror` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # REF... may be interleaved with options (`prefetch a --platform p b`): argparse
+    # leaves the later REFs over; they are REFs too, anything else is an error.
+    if extra and isinstance(getattr(args, "refs", None), list):
+        if any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.refs += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
     try:
         return int(args.func(args))
     except ConfigError as exc:

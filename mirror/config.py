@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, MirrorError
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -228,6 +228,43 @@ class ViewSettings(BaseModel):
         return self
 
 
+class SyncSettings(BaseModel):
+    """Images the daemon keeps fresh in the background while online."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    refs: list[str]
+    platforms: list[str] = Field(default_factory=list)
+    interval: Duration = 3600.0
+    pin: bool = False
+
+    @field_validator("refs")
+    @classmethod
+    def _refs(cls, value: list[str]) -> list[str]:
+        from mirror.reference import parse_image_ref
+
+        if not value:
+            raise ValueError("a sync entry needs at least one ref")
+        for ref in value:
+            try:
+                parse_image_ref(ref)
+            except MirrorError as exc:
+                raise ValueError(f"{ref!r}: {exc.message}") from exc
+        return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: list[str]) -> list[str]:
+        return _check_platforms(value)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("interval must be at least 1s")
+        return value
+
+
 DOCKER_HUB = UpstreamSettings(
     registry="docker.io", url="https://registry-1.docker.io", default=True
 )
@@ -255,6 +292,7 @@ class Settings(BaseModel):
     upstreams: list[UpstreamSettings] = Field(default_factory=lambda: [DOCKER_HUB])
     lists: list[ListSettings] = Field(default_factory=list)
     views: list[ViewSettings] = Field(default_factory=list)
+    sync: list[SyncSettings] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -293,6 +331,13 @@ class Settings(BaseModel):
         from mirror.lists import check_list_settings
 
         check_list_settings(self)
+        from mirror.lists import resolve_ref
+        from mirror.reference import parse_image_ref
+
+        for i, entry in enumerate(self.sync):
+            for j, ref in enumerate(entry.refs):
+                resolve_ref(self, parse_image_ref(ref), f"sync[{i}].refs[{j}]")
+
         names = [v.name for v in self.views]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -373,7 +418,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     lines = [f"invalid configuration{where}:"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        key = re.sub(r"(upstreams|lists|views|sources)\.(\d+)", r"\1[\2]", key)
+        key = re.sub(r"(upstreams|lists|views|sources|sync|refs)\.(\d+)", r"\1[\2]", key)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"

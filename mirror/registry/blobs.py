@@ -80,7 +80,9 @@ class ProxyBlobs:
             self._refuse_offline(source, digest)
             # no await between this check and the start: one download per digest
             fetch = self._s.inflight.get(digest) or self._start(source, digest)
-            if source is not route:
+            if fetch.key != (source.registry, source.repository):
+                await self._confirm(route, digest)  # joined another repository's download
+            elif source is not route:
                 await self._s.meta.link(route.registry, route.repository, str(digest), "blob")
             stats.set_cache("miss")
 

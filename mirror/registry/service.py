@@ -150,8 +150,16 @@ async def reconcile(store: BlobStore, meta: MetadataStore) -> dict[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def open_registry(settings: Settings, *, check_lists: bool = True) -> AsyncIterator[Registry]:
-    """Prepare storage and schema, reconcile, and run the registry until exit."""
+async def open_registry(
+    settings: Settings, *, check_lists: bool = True, background: bool | None = None
+) -> AsyncIterator[Registry]:
+    """Prepare storage and schema, reconcile, and run the registry until exit.
+
+    The daemon (``check_lists``) builds every list at start; with ``background``
+    (the daemon's default) it also picks up stored lists and runs `[[sync]]` entries.
+    Admin commands run with neither, beside a daemon or alone.
+    """
+    background = check_lists if background is None else background
     store = BlobStore(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store.prepare()
@@ -174,7 +182,9 @@ async def open_registry(settings: Settings, *, check_lists: bool = True) -> Asyn
         if check_lists:
             await registry.check_lists()
         tasks.append(asyncio.create_task(_flush_forever(meta), name="access-flush"))
-        tasks.append(asyncio.create_task(_refresh_lists(registry), name="lists-refresh"))
+        if background:
+            tasks.append(asyncio.create_task(_refresh_lists(registry), name="lists-refresh"))
+            tasks += _start_sync(registry)
         yield registry
     finally:
         for task in tasks:
@@ -189,7 +199,21 @@ async def open_registry(settings: Settings, *, check_lists: bool = True) -> Asyn
         await engine.dispose()
 
 
+def _start_sync(registry: Registry) -> list[asyncio.Task[None]]:
+    from mirror.prefetch import sync_forever
+
+    settings = registry.services.settings
+    if settings.sync and settings.offline:
+        log.info("event=sync_skipped reason=offline entries=%d", len(settings.sync))
+        return []
+    return [
+        asyncio.create_task(sync_forever(registry, i), name=f"sync-{i}")
+        for i in range(len(settings.sync))
+    ]
+
+
 async def _refresh_lists(registry: Registry) -> None:
+
     while True:
         await asyncio.sleep(LISTS_REFRESH_SECONDS)
         try:

@@ -32,6 +32,7 @@ class TempBlob:
         self.path = path
         self.digest = digest
         self.written = 0
+        self.verified = False
         self._hash = digest.hasher()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
@@ -46,10 +47,12 @@ class TempBlob:
         while view:
             view = view[os.write(self._fd, view) :]
 
-    async def commit(self, final: Path, expected_size: int | None) -> None:
-        """Verify digest and size, fsync, and atomically move into place.
+    async def verify(self, expected_size: int | None) -> None:
+        """Check digest and size, then fsync and close the file; it stays in ``tmp/``.
 
-        Raises BlobVerificationError (and discards the file) on a mismatch.
+        Raises BlobVerificationError (and discards the file) on a mismatch. A verified
+        file is invisible until :meth:`publish`: a bundle import verifies everything
+        first and publishes only then.
         """
         actual = self._hash.hexdigest()
         if expected_size is not None and self.written != expected_size:
@@ -60,12 +63,29 @@ class TempBlob:
         if actual != self.digest.hex:
             await self.discard()
             raise BlobVerificationError(str(self.digest), f"content hashes to {actual}")
-        await asyncio.get_running_loop().run_in_executor(None, self._publish, final)
+        await asyncio.get_running_loop().run_in_executor(None, self._seal)
+        self.verified = True
 
-    def _publish(self, final: Path) -> None:
+    async def publish(self, final: Path) -> None:
+        """Atomically move a verified file into place (and fsync its directory)."""
+        if not self.verified:
+            raise RuntimeError(f"publish of unverified temp file {self.path}")
+        await asyncio.get_running_loop().run_in_executor(None, self._rename, final)
+
+    async def commit(self, final: Path, expected_size: int | None) -> None:
+        """Verify digest and size, fsync, and atomically move into place.
+
+        Raises BlobVerificationError (and discards the file) on a mismatch.
+        """
+        await self.verify(expected_size)
+        await self.publish(final)
+
+    def _seal(self) -> None:
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
+
+    def _rename(self, final: Path) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
         dir_fd = os.open(final.parent, os.O_RDONLY)

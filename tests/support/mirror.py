@@ -35,12 +35,18 @@ def _toml_value(value: Any) -> str:
 def render_config(settings: dict[str, Any]) -> str:
     """A TOML document of top-level keys and ``upstreams`` tables."""
     lines = []
+    tables = {
+        k: v
+        for k, v in settings.items()
+        if isinstance(v, list) and v and all(isinstance(t, dict) for t in v)
+    }
     for key, value in settings.items():
-        if key != "upstreams":
+        if key not in tables and not (isinstance(value, list) and key == "upstreams"):
             lines.append(f"{key} = {_toml_value(value)}")
-    for upstream in settings.get("upstreams", []):
-        lines.append("\n[[upstreams]]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in upstream.items()]
+    for key, entries in tables.items():
+        for entry in entries:
+            lines.append(f"\n[[{key}]]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
     return "\n".join(lines) + "\n"
 
 

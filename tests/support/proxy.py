@@ -10,6 +10,9 @@ test may flip at any time from any thread, inject faults:
 * ``fail_status``: answer everything with that status without forwarding;
 * ``delay_seconds``: wait before answering;
 * `stop()` / `start()`: vanish (connection refused) and come back on the same port.
+
+``requests`` records what was asked, ``flipped`` which blob bodies were altered, and
+``completed`` which blob bodies were relayed to the end.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class FaultyProxy(ThreadedAiohttpServer):
         self.delay_seconds: float = 0.0
         self.requests: list[tuple[str, str]] = []
         self.flipped: list[str] = []
+        self.completed: list[str] = []
         self._lock = threading.Lock()
 
     # -- test-facing helpers ----------------------------------------------------------------
@@ -76,6 +80,7 @@ class FaultyProxy(ThreadedAiohttpServer):
         with self._lock:
             self.requests.clear()
             self.flipped.clear()
+            self.completed.clear()
         self.flip_blob_byte = False
         self.throttle_bytes_per_sec = None
         self.fail_status = None
@@ -172,6 +177,9 @@ class FaultyProxy(ThreadedAiohttpServer):
                 else:
                     await response.write(chunk)
             await response.write_eof()
+            if is_blob:
+                with self._lock:
+                    self.completed.append(request.path)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass  # the client went away; nothing left to do
         except aiohttp.ClientPayloadError:
