@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from mirror import errors
 from mirror.config import Settings
+from mirror.db.memo import CachedMetadataStore
 from mirror.db.session import create_engine, upgrade
 from mirror.db.store import MetadataStore
 from mirror.errors import ConfigError
@@ -167,7 +168,7 @@ async def open_registry(
     sessions = {u.registry: new_session(u) for u in settings.upstreams}
     inflight = InflightFetches(store)
     tasks: list[asyncio.Task[None]] = []
-    meta = MetadataStore(engine)
+    meta = CachedMetadataStore(engine)
     try:
         await upgrade(engine)
         await reconcile(store, meta)
