@@ -105,8 +105,9 @@ async def test_readers_stream_while_downloading_but_never_the_last_byte_early(
     await feed.queue.put(None)
     got += await next_chunk
     assert bytes(got) == data
-    assert committed == [len(data)]
     await fetch.wait_done()
+    assert committed == [len(data)]
+
     assert await store.read_bytes(digest_of(data)) == data
     await table.close()
 

@@ -42,6 +42,7 @@ class BlobFetch:
         self.size: int | None = None
         self.written = 0
         self.done = False
+        self.verified = False  # digest and size checked: every byte may be sent
         self.error: BaseException | None = None
         self.path = store.path(digest)
         self._store = store
@@ -65,8 +66,15 @@ class BlobFetch:
                             str(self.digest), f"upstream sent more than its {self.size} bytes"
                         )
                     self._wake()
-            await self._temp.commit(self.path, self.size)
+            reason = self._temp.mismatch(self.size)
+            if reason is not None:
+                raise errors.BlobVerificationError(str(self.digest), reason)
+            # Verified: readers may send the last bytes now; fsync, rename and the
+            # metadata row follow without holding any client back.
             self.size = self.written
+            self.verified = True
+            self._wake()
+            await self._temp.commit(self.path, self.size)
             await on_commit(self.written)
             self.done = True
             log.info(
@@ -126,9 +134,9 @@ class BlobFetch:
         pos = 0
         try:
             while True:
-                if self.error is not None:
+                if self.error is not None and not self.verified:
                     raise self.error
-                limit = self.written if self.done else self.written - HOLDBACK
+                limit = self.written if self.verified else self.written - HOLDBACK
                 if pos < limit:
                     n = min(CHUNK_SIZE, limit - pos)
                     chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
@@ -137,9 +145,10 @@ class BlobFetch:
                     pos += len(chunk)
                     yield chunk
                     continue
-                if self.done:
+                if self.verified:
                     return
                 await self._progress.wait()
+
         finally:
             os.close(fd)
 

@@ -47,6 +47,13 @@ class TempBlob:
         while view:
             view = view[os.write(self._fd, view) :]
 
+    def mismatch(self, expected_size: int | None) -> str | None:
+        """Why the bytes written so far are not the blob (None: they are), no I/O."""
+        if expected_size is not None and self.written != expected_size:
+            return f"size {self.written} != expected {expected_size}"
+        actual = self._hash.hexdigest()
+        return None if actual == self.digest.hex else f"content hashes to {actual}"
+
     async def verify(self, expected_size: int | None) -> None:
         """Check digest and size, then fsync and close the file; it stays in ``tmp/``.
 
