@@ -224,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--pin", action="store_true", help="never evict what this fetches")
     pre.set_defaults(func=_prefetch)
 
+    from mirror.bundle_cli import add_bundle_commands
+
+    add_bundle_commands(sub, with_config)
+
     config = sub.add_parser("config", help="configuration")
 
     config_sub = config.add_subparsers(dest="config_command", required=True)

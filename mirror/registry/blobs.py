@@ -89,7 +89,8 @@ class ProxyBlobs:
         else:
             if fetch.key != (route.registry, route.repository):
                 await self._confirm(route, digest)
-            stats.set_cache("hit" if fetch.done else "miss")
+            stats.set_cache("hit" if fetch.verified else "miss")
+
         await fetch.wait_started()
         if whole or fetch.done:
             await fetch.wait_done()
