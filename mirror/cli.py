@@ -50,8 +50,25 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=access_logger(),
         print=None,
         shutdown_timeout=5.0,
+        loop=_event_loop(settings.event_loop),
     )
     return 0
+
+
+def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """uvloop when installed (`pip install mirror[speed]`) unless event_loop = "asyncio"."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("event_loop = 'uvloop' but uvloop is not installed") from None
+        else:
+            log.info("event=event_loop loop=uvloop")
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+
+    return asyncio.new_event_loop()
 
 
 def _bind(listen: str) -> socket.socket:

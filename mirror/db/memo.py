@@ -56,7 +56,11 @@ class CachedMetadataStore(MetadataStore):
         self._links: LRU[tuple[str, str, str], bool] = LRU(size)
         self._tags: LRU[tuple[str, str, str, str], tuple[TagEntry, float]] = LRU(size)
 
+    def known_blob_size(self, digest: str) -> int | None:
+        return self._blob_sizes.get(digest)
+
     async def blob_size(self, digest: str) -> int | None:
+
         size = self._blob_sizes.get(digest)
         if size is None:
             size = await super().blob_size(digest)

@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 from mirror import errors, stats
 from mirror.policy import Route
 from mirror.reference import Digest
@@ -44,6 +46,13 @@ class StreamingBlob:
     @property
     def size(self) -> int | None:
         return self.fetch.size
+
+
+async def coalesced(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's bytes, all that is buffered at once: fewer, larger pieces cost less
+    per byte than the transport's 256 KiB reads handed over one by one (measured)."""
+    while chunk := await stream.readany():
+        yield chunk
 
 
 class ProxyBlobs:
@@ -76,7 +85,8 @@ class ProxyBlobs:
                 return LocalBlob(digest, self._s.store.path(digest), size)
             fetch = self._s.inflight.get(digest)  # it may have started meanwhile
         if fetch is None:
-            source = await self._s.origin(route, str(digest)) or route
+            source = await self._s.fetch_source(route, str(digest))
+
             self._refuse_offline(source, digest)
             # no await between this check and the start: one download per digest
             fetch = self._s.inflight.get(digest) or self._start(source, digest)
@@ -100,13 +110,14 @@ class ProxyBlobs:
     async def _cached_size(self, route: Route, digest: Digest) -> int | None:
         """The size of a cached blob this repository may serve, else None."""
         key = str(digest)
-        size = await self._s.meta.blob_size(key)
+        # The file first: a stat is cheaper than a DB query, and it is the truth.
+        on_disk = await self._s.store.size(digest)
+        size = await self._s.meta.blob_size(key) if on_disk is not None else None
         if size is None:
-            return None
-        if await self._s.store.size(digest) is None:
-            # The file vanished (deleted by hand): forget the row, fetch again.
-            log.warning("event=blob_file_missing digest=%s", key)
-            await self._s.meta.forget([key])
+            if on_disk is None and self._s.meta.known_blob_size(key) is not None:
+                # The file vanished (deleted by hand): forget the row, fetch again.
+                log.warning("event=blob_file_missing digest=%s", key)
+                await self._s.meta.forget([key])
             return None
         await self._confirm(route, digest)
         return size
@@ -138,7 +149,7 @@ class ProxyBlobs:
         @asynccontextmanager
         async def source() -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
             async with upstream.open_blob(route.repository, digest) as resp:
-                yield resp.content_length, resp.content.iter_chunked(1024 * 1024)
+                yield resp.content_length, coalesced(resp.content)
 
         async def on_commit(size: int) -> None:
             await meta.add_blob(str(digest), size, None, route.registry, route.repository)

@@ -77,6 +77,14 @@ class Services:
         """The client of a route's upstream."""
         return self.upstreams[route.registry]
 
+    async def fetch_source(self, route: Route, digest: str) -> Route:
+        """Where to fetch uncached ``digest`` for ``route`` from: the route itself, or for a
+        synthesized list's repository, the source that references it (no DB query for
+        repositories that are not lists)."""
+        if (route.registry, route.repository) not in self.aliases:
+            return route
+        return await self.origin(route, digest) or route
+
     async def origin(self, route: Route, digest: str) -> Route | None:
         """The route under which ``digest`` is known to live for ``route``'s repository.
 

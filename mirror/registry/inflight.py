@@ -9,9 +9,11 @@ mismatch they fail instead, so no client receives a complete wrong body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,6 +28,11 @@ log = logging.getLogger("mirror.inflight")
 LINGER_SECONDS = 30.0
 #: Bytes held back from readers until the download is verified.
 HOLDBACK = 1
+#: The newest bytes of a download kept in memory for the readers that keep up.
+TAIL_BYTES = 4 * 1024 * 1024
+#: Pieces received but not yet written that a download may run ahead by.
+WRITE_AHEAD = 8
+
 
 # The source of a download: an async context manager factory yielding
 # (expected size or None, async iterator of chunks).
@@ -40,7 +47,8 @@ class BlobFetch:
         self.digest = digest
         self.key = key  # (upstream, repository) the download was made for
         self.size: int | None = None
-        self.written = 0
+        self.received = 0  # bytes from the upstream (served to readers from memory)
+        self.written = 0  # bytes hashed and written to the temp file
         self.done = False
         self.verified = False  # digest and size checked: every byte may be sent
         self.error: BaseException | None = None
@@ -49,6 +57,8 @@ class BlobFetch:
         self._temp: TempBlob = store.new_temp(digest)
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._progress = asyncio.Event()
+        self._tail: deque[tuple[int, bytes]] = deque()
+        self._tail_bytes = 0
         self.task: asyncio.Task[None] | None = None
 
     async def run(self, source: Source, on_commit: OnCommit) -> None:
@@ -58,14 +68,7 @@ class BlobFetch:
             async with source() as (size, chunks):
                 self.size = size
                 self._started.set_result(None)
-                async for chunk in chunks:
-                    await self._temp.write(chunk)
-                    self.written = self._temp.written
-                    if self.size is not None and self.written > self.size:
-                        raise errors.BlobVerificationError(
-                            str(self.digest), f"upstream sent more than its {self.size} bytes"
-                        )
-                    self._wake()
+                await self._receive(chunks)
             reason = self._temp.mismatch(self.size)
             if reason is not None:
                 raise errors.BlobVerificationError(str(self.digest), reason)
@@ -91,7 +94,12 @@ class BlobFetch:
             if not self._started.done():
                 self._started.set_exception(exc)
                 self._started.exception()  # retrieved here; waiters re-raise it
-            level = logging.WARNING if isinstance(exc, errors.MirrorError) else logging.ERROR
+            level = (
+                logging.WARNING
+                if isinstance(exc, errors.MirrorError | asyncio.CancelledError)
+                else logging.ERROR
+            )
+
             log.log(
                 level,
                 "event=blob_fetch_failed digest=%s upstream=%s repo=%s bytes=%d error=%r",
@@ -105,6 +113,64 @@ class BlobFetch:
                 raise
         finally:
             self._wake()
+
+    async def _receive(self, chunks: AsyncIterator[bytes]) -> None:
+        """Take the upstream's bytes while a writer task hashes and writes them behind:
+        network reads and disk writes overlap (at most WRITE_AHEAD pieces apart)."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=WRITE_AHEAD)
+        writer = asyncio.create_task(self._write_behind(queue))
+        try:
+            async for chunk in chunks:
+                self._remember(self.received, chunk)
+                self.received += len(chunk)
+                if self.size is not None and self.received > self.size:
+                    raise errors.BlobVerificationError(
+                        str(self.digest), f"upstream sent more than its {self.size} bytes"
+                    )
+                self._wake()
+                if writer.done():
+                    break  # it failed: awaiting it below raises its error
+                await queue.put(chunk)
+            if not writer.done():
+                await queue.put(None)
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+    async def _write_behind(self, queue: asyncio.Queue[bytes | None]) -> None:
+        while (chunk := await queue.get()) is not None:
+            await self._temp.write(chunk)
+            self.written = self._temp.written
+            self._trim()
+
+    def _remember(self, offset: int, chunk: bytes) -> None:
+        """Keep the newest pieces in memory: readers keeping up are served from here,
+        with no read back from the file."""
+        self._tail.append((offset, chunk))
+        self._tail_bytes += len(chunk)
+        self._trim()
+
+    def _trim(self) -> None:
+        # Only bytes already on disk may leave memory (readers behind read the file).
+        while self._tail_bytes > TAIL_BYTES and len(self._tail) > 1:
+            offset, oldest = self._tail[0]
+            if offset + len(oldest) > self.written:
+                return
+            self._tail.popleft()
+            self._tail_bytes -= len(oldest)
+
+    def _recent(self, pos: int, n: int) -> bytes | memoryview | None:
+        """Up to ``n`` bytes at ``pos`` from the in-memory tail (a view: no copy), or None."""
+        for offset, piece in reversed(self._tail):
+            if offset <= pos < offset + len(piece):
+                start = pos - offset
+                if start == 0 and n >= len(piece):
+                    return piece
+                return memoryview(piece)[start : start + n]
+        return None
 
     def _wake(self) -> None:
         event, self._progress = self._progress, asyncio.Event()
@@ -121,7 +187,7 @@ class BlobFetch:
                 raise self.error
             await self._progress.wait()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
         """The blob's bytes as they arrive, the last one only after verification."""
         if self.error is not None:
             raise self.error
@@ -136,10 +202,12 @@ class BlobFetch:
             while True:
                 if self.error is not None and not self.verified:
                     raise self.error
-                limit = self.written if self.verified else self.written - HOLDBACK
+                limit = self.received if self.verified else self.received - HOLDBACK
                 if pos < limit:
                     n = min(CHUNK_SIZE, limit - pos)
-                    chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
+                    chunk: bytes | memoryview | None = self._recent(pos, n)
+                    if chunk is None:
+                        chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
                     if not chunk:
                         raise errors.BlobVerificationError(str(self.digest), "file shrank")
                     pos += len(chunk)
