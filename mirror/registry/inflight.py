@@ -32,6 +32,8 @@ HOLDBACK = 1
 TAIL_BYTES = 4 * 1024 * 1024
 #: Pieces received but not yet written that a download may run ahead by.
 WRITE_AHEAD = 8
+#: Blobs up to this size are written without a separate writer task.
+SMALL_BLOB = 1024 * 1024
 
 
 # The source of a download: an async context manager factory yielding
@@ -117,17 +119,18 @@ class BlobFetch:
     async def _receive(self, chunks: AsyncIterator[bytes]) -> None:
         """Take the upstream's bytes while a writer task hashes and writes them behind:
         network reads and disk writes overlap (at most WRITE_AHEAD pieces apart)."""
+        if self.size is not None and self.size <= SMALL_BLOB:
+            # One or two pieces: a writer task would cost more than it overlaps.
+            async for chunk in chunks:
+                self._take(chunk)
+                await self._temp.write(chunk)
+                self.written = self._temp.written
+            return
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=WRITE_AHEAD)
         writer = asyncio.create_task(self._write_behind(queue))
         try:
             async for chunk in chunks:
-                self._remember(self.received, chunk)
-                self.received += len(chunk)
-                if self.size is not None and self.received > self.size:
-                    raise errors.BlobVerificationError(
-                        str(self.digest), f"upstream sent more than its {self.size} bytes"
-                    )
-                self._wake()
+                self._take(chunk)
                 if writer.done():
                     break  # it failed: awaiting it below raises its error
                 await queue.put(chunk)
@@ -139,6 +142,16 @@ class BlobFetch:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
+
+    def _take(self, chunk: bytes) -> None:
+        """Account for bytes from the upstream and show them to the readers."""
+        self._remember(self.received, chunk)
+        self.received += len(chunk)
+        if self.size is not None and self.received > self.size:
+            raise errors.BlobVerificationError(
+                str(self.digest), f"upstream sent more than its {self.size} bytes"
+            )
+        self._wake()
 
     async def _write_behind(self, queue: asyncio.Queue[bytes | None]) -> None:
         while (chunk := await queue.get()) is not None:
@@ -191,12 +204,8 @@ class BlobFetch:
         """The blob's bytes as they arrive, the last one only after verification."""
         if self.error is not None:
             raise self.error
-        try:
-            fd = os.open(self._temp.path, os.O_RDONLY)
-        except FileNotFoundError:
-            # Committed meanwhile: the same inode now lives at the final path.
-            fd = os.open(self.path, os.O_RDONLY)
         loop = asyncio.get_running_loop()
+        fd = -1  # opened only if this reader falls behind the in-memory tail
         pos = 0
         try:
             while True:
@@ -207,6 +216,8 @@ class BlobFetch:
                     n = min(CHUNK_SIZE, limit - pos)
                     chunk: bytes | memoryview | None = self._recent(pos, n)
                     if chunk is None:
+                        if fd < 0:
+                            fd = self._open_file()
                         chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
                     if not chunk:
                         raise errors.BlobVerificationError(str(self.digest), "file shrank")
@@ -218,7 +229,15 @@ class BlobFetch:
                 await self._progress.wait()
 
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+
+    def _open_file(self) -> int:
+        try:
+            return os.open(self._temp.path, os.O_RDONLY)
+        except FileNotFoundError:
+            # Committed meanwhile: the same inode now lives at the final path.
+            return os.open(self.path, os.O_RDONLY)
 
 
 class InflightFetches:

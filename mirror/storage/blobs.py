@@ -61,17 +61,15 @@ class TempBlob:
         file is invisible until :meth:`publish`: a bundle import verifies everything
         first and publishes only then.
         """
-        actual = self._hash.hexdigest()
-        if expected_size is not None and self.written != expected_size:
-            await self.discard()
-            raise BlobVerificationError(
-                str(self.digest), f"size {self.written} != expected {expected_size}"
-            )
-        if actual != self.digest.hex:
-            await self.discard()
-            raise BlobVerificationError(str(self.digest), f"content hashes to {actual}")
+        await self._check(expected_size)
         await asyncio.get_running_loop().run_in_executor(None, self._seal)
         self.verified = True
+
+    async def _check(self, expected_size: int | None) -> None:
+        reason = self.mismatch(expected_size)
+        if reason is not None:
+            await self.discard()
+            raise BlobVerificationError(str(self.digest), reason)
 
     async def publish(self, final: Path) -> None:
         """Atomically move a verified file into place (and fsync its directory)."""
@@ -84,8 +82,14 @@ class TempBlob:
 
         Raises BlobVerificationError (and discards the file) on a mismatch.
         """
-        await self.verify(expected_size)
-        await self.publish(final)
+        await self._check(expected_size)
+        # fsync, close, rename and directory fsync in one hop off the event loop
+        await asyncio.get_running_loop().run_in_executor(None, self._seal_and_rename, final)
+        self.verified = True
+
+    def _seal_and_rename(self, final: Path) -> None:
+        self._seal()
+        self._rename(final)
 
     def _seal(self) -> None:
         os.fsync(self._fd)
