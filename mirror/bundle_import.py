@@ -37,7 +37,8 @@ from mirror.bundle import (
     human_size,
 )
 from mirror.config import Settings
-from mirror.db.store import ImportedImage, MetadataStore
+from mirror.db.records import ImportedImage
+from mirror.db.store import MetadataStore
 from mirror.mediatypes import IMAGE_TYPES, LIST_TYPES
 from mirror.platforms import Platform, parse_platform
 from mirror.reference import parse_digest

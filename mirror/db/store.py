@@ -11,23 +11,18 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from mirror.db.models import (
     BlobRow,
     ManifestPlatform,
     ManifestRow,
-    Pin,
     ReferrersRow,
     RepositoryLink,
-    SynthesizedList,
     TagRow,
 )
-from mirror.db.session import sessionmaker
+from mirror.db.records import OfflineRecords
 from mirror.platforms import Platform
 
 
@@ -49,48 +44,8 @@ class ManifestEntry:
     size: int
 
 
-@dataclass(frozen=True)
-class ImportedImage:
-    """One image of a bundle, recorded by :meth:`MetadataStore.record_import` at once."""
-
-    upstream: str
-    repository: str
-    blobs: list[tuple[str, int, str | None]]  # (digest, size, media type)
-    manifests: list[tuple[str, str, int, list[tuple[str, str]]]]  # (digest, type, size, children)
-    platforms: list[tuple[str, Platform, str]]  # (digest, platform, source)
-    tag: tuple[str, str, str] | None  # (tag, digest, media type), for every Accept ("*")
-
-
-class MetadataStore:
+class MetadataStore(OfflineRecords):
     """All reads and writes of the metadata database."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._sessions: async_sessionmaker[AsyncSession] = sessionmaker(engine)
-        self._access: Counter[tuple[str, str]] = Counter()
-        self._access_time: dict[tuple[str, str], float] = {}
-        self._ignores: dict[type, Any] = {}
-        self._blob_batch: list[tuple[dict[str, Any], dict[str, Any], asyncio.Future[None]]] = []
-        self._blob_writer: asyncio.Task[None] | None = None
-
-    def _insert(self, table: type) -> object:
-        # Upserts differ per dialect; SQLite and PostgreSQL share this spelling. The
-        # plain Table, not the ORM class: ORM-enabled inserts cost ~1 ms of CPU each.
-        target = getattr(table, "__table__", table)
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(target)
-        return sqlite_insert(target)
-
-    def _ignore(self, table: type) -> Any:
-        """INSERT ... ON CONFLICT DO NOTHING for executemany: one statement per table,
-        compiled once and cached (a statement with inline values compiles every time)."""
-        stmt = self._ignores.get(table)
-        if stmt is None:
-            stmt = self._insert(table).on_conflict_do_nothing()  # type: ignore[attr-defined]
-            self._ignores[table] = stmt
-        return stmt
 
     # --- blobs -------------------------------------------------------------------
 
@@ -196,22 +151,6 @@ class MetadataStore:
         async with self.engine.begin() as s:
             await self._link(s, upstream, repository, [(digest, kind)], time.time())
 
-    async def _link(
-        self,
-        s: AsyncSession | AsyncConnection,
-        upstream: str,
-        repository: str,
-        items: list[tuple[str, str]],
-        now: float,
-    ) -> None:
-        if not items:
-            return
-        rows = [
-            dict(upstream=upstream, repository=repository, digest=d, kind=k, linked_at=now)
-            for d, k in dict(items).items()
-        ]
-        await s.execute(self._ignore(RepositoryLink), rows)
-
     # --- tags ----------------------------------------------------------------------
 
     async def tag(self, upstream: str, repository: str, tag: str, accept: str) -> TagEntry | None:
@@ -267,23 +206,19 @@ class MetadataStore:
         self, upstream: str, repository: str, tag: str, accept: str, digest: str, media_type: str
     ) -> None:
         """Record (or refresh) where a tag points, checked now."""
-        values = dict(
-            upstream=upstream,
-            repository=repository,
-            tag=tag,
-            accept=accept,
-            digest=digest,
-            media_type=media_type,
-            checked_at=time.time(),
+        await self._upsert(
+            TagRow,
+            dict(
+                upstream=upstream,
+                repository=repository,
+                tag=tag,
+                accept=accept,
+                digest=digest,
+                media_type=media_type,
+                checked_at=time.time(),
+            ),
+            ("upstream", "repository", "tag", "accept"),
         )
-        async with self.engine.begin() as s:
-            stmt = self._insert(TagRow).values(**values)  # type: ignore[attr-defined]
-            await s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["upstream", "repository", "tag", "accept"],
-                    set_={k: values[k] for k in ("digest", "media_type", "checked_at")},
-                )
-            )
 
     async def tags(self, upstream: str, repository: str) -> list[str]:
         """The tags known for a repository, sorted."""
@@ -320,22 +255,18 @@ class MetadataStore:
         self, upstream: str, repository: str, subject: str, artifact_type: str, digest: str
     ) -> None:
         """Record the referrers index relayed now for a subject."""
-        values = dict(
-            upstream=upstream,
-            repository=repository,
-            subject=subject,
-            artifact_type=artifact_type,
-            digest=digest,
-            checked_at=time.time(),
+        await self._upsert(
+            ReferrersRow,
+            dict(
+                upstream=upstream,
+                repository=repository,
+                subject=subject,
+                artifact_type=artifact_type,
+                digest=digest,
+                checked_at=time.time(),
+            ),
+            ("upstream", "repository", "subject", "artifact_type"),
         )
-        async with self._sessions.begin() as s:
-            stmt = self._insert(ReferrersRow).values(**values)  # type: ignore[attr-defined]
-            await s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["upstream", "repository", "subject", "artifact_type"],
-                    set_={"digest": digest, "checked_at": values["checked_at"]},
-                )
-            )
 
     # --- platforms ---------------------------------------------------------------------
 
@@ -376,139 +307,6 @@ class MetadataStore:
                         r.os, r.architecture, r.variant, r.os_version, features
                     )
         return out
-
-    # --- pins --------------------------------------------------------------------------------
-
-    async def pin(self, digests: Iterable[str], reason: str) -> int:
-        """Record that content must never be evicted; returns how many were new."""
-        rows = [dict(digest=d, reason=reason[:512], pinned_at=time.time()) for d in set(digests)]
-        if not rows:
-            return 0
-        async with self._sessions.begin() as s:
-            before = await s.scalar(select(func.count()).select_from(Pin)) or 0
-            stmt = self._insert(Pin).values(rows)  # type: ignore[attr-defined]
-            await s.execute(stmt.on_conflict_do_nothing())
-            after = await s.scalar(select(func.count()).select_from(Pin)) or 0
-        return after - before
-
-    async def pinned(self) -> set[str]:
-        """Every pinned digest."""
-        async with self._sessions() as s:
-            return set(await s.scalars(select(Pin.digest)))
-
-    # --- lists created from the command line ------------------------------------------------
-
-    async def put_list(self, registry: str, repository: str, tag: str, sources: str) -> None:
-        """Create or replace a synthesized list definition (sources as JSON)."""
-        values = dict(
-            upstream=registry,
-            repository=repository,
-            tag=tag,
-            sources=sources,
-            created_at=time.time(),
-        )
-        async with self._sessions.begin() as s:
-            stmt = self._insert(SynthesizedList).values(**values)  # type: ignore[attr-defined]
-            await s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["upstream", "repository", "tag"],
-                    set_={"sources": sources, "created_at": values["created_at"]},
-                )
-            )
-
-    async def lists(self) -> list[tuple[str, str, str, str]]:
-        """Every stored list: (registry, repository, tag, sources JSON)."""
-        async with self._sessions() as s:
-            rows = await s.scalars(select(SynthesizedList))
-            return [(r.upstream, r.repository, r.tag, r.sources) for r in rows]
-
-    # --- bundle imports ------------------------------------------------------------------
-
-    async def unrecorded(self, upstream: str, repository: str, kinds: dict[str, str]) -> set[str]:
-        """Of ``kinds`` (digest -> "manifest" or "blob"), the digests that lack their row
-        or their link to ``repository``."""
-        wanted = list(kinds)
-        have: set[str] = set()
-        linked: set[str] = set()
-        async with self._sessions() as s:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                have |= set(
-                    await s.scalars(select(BlobRow.digest).where(BlobRow.digest.in_(chunk)))
-                )
-                manifests = set(
-                    await s.scalars(select(ManifestRow.digest).where(ManifestRow.digest.in_(chunk)))
-                )
-                have -= {d for d in chunk if kinds[d] == "manifest" and d not in manifests}
-                linked |= set(
-                    await s.scalars(
-                        select(RepositoryLink.digest).where(
-                            RepositoryLink.upstream == upstream,
-                            RepositoryLink.repository == repository,
-                            RepositoryLink.digest.in_(chunk),
-                        )
-                    )
-                )
-        return {d for d in wanted if d not in have or d not in linked}
-
-    async def record_import(self, image: ImportedImage) -> None:
-        """Record an imported image in ONE transaction: blob and manifest rows, links and
-        platforms, and its tag last, so a tag never points at unrecorded content."""
-        now = time.time()
-        counters = dict(created_at=now, last_access=now, hits=0)
-        blob_rows = [dict(digest=d, size=n, media_type=t, **counters) for d, n, t in image.blobs]
-        blob_rows += [
-            dict(digest=d, size=n, media_type=t, **counters) for d, t, n, _ in image.manifests
-        ]
-        manifest_rows = [
-            dict(digest=d, media_type=t, size=n, **counters) for d, t, n, _ in image.manifests
-        ]
-        links = [(d, "blob") for d, _, _ in image.blobs]
-        for digest, _, _, children in image.manifests:
-            links += [(digest, "manifest"), *children]
-        platforms = [
-            dict(
-                digest=d,
-                os=p.os,
-                architecture=p.architecture,
-                variant=p.variant,
-                os_version=p.os_version,
-                features=",".join(p.features),
-                source=src,
-            )
-            for d, p, src in image.platforms
-        ]
-        async with self._sessions.begin() as s:
-            for table, rows in (
-                (BlobRow, blob_rows),
-                (ManifestRow, manifest_rows),
-                (ManifestPlatform, platforms),
-            ):
-                for start in range(0, len(rows), 100):
-                    stmt = self._insert(table).values(rows[start : start + 100])  # type: ignore[attr-defined]
-                    await s.execute(stmt.on_conflict_do_nothing())
-            for start in range(0, len(links), 100):
-                await self._link(
-                    s, image.upstream, image.repository, links[start : start + 100], now
-                )
-            if image.tag is not None:
-                tag, digest, media_type = image.tag
-                values = dict(
-                    upstream=image.upstream,
-                    repository=image.repository,
-                    tag=tag,
-                    accept="*",
-                    digest=digest,
-                    media_type=media_type,
-                    checked_at=now,
-                )
-                stmt = self._insert(TagRow).values(**values)  # type: ignore[attr-defined]
-                await s.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["upstream", "repository", "tag", "accept"],
-                        set_={k: values[k] for k in ("digest", "media_type", "checked_at")},
-                    )
-                )
 
     # --- access statistics -----------------------------------------------------------
 

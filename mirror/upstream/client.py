@@ -203,19 +203,11 @@ class UpstreamRegistry:
                 resp = await self._authorized(method, path, repo, headers, params)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                log.warning(
-                    "event=upstream_retry upstream=%s method=%s path=%s attempt=%d reason=%r",
-                    self.name,
-                    method,
-                    path,
-                    attempt + 1,
-                    reason,
-                )
-                continue
-            if resp.status < 500 or resp.status == 501:
-                return resp
-            reason = f"HTTP {resp.status}"
-            resp.release()
+            else:
+                if resp.status < 500 or resp.status == 501:
+                    return resp
+                reason = f"HTTP {resp.status}"
+                resp.release()
             log.warning(
                 "event=upstream_retry upstream=%s method=%s path=%s attempt=%d reason=%r",
                 self.name,
