@@ -173,8 +173,11 @@ class UpstreamRegistry:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send with auth, redirects and retries; yields the final response."""
         started = time.monotonic()
-        resp = await self._with_retries(method, path, repo, headers or {}, params)
-        stats.add_upstream_time(self.name, time.monotonic() - started)
+        try:
+            resp = await self._with_retries(method, path, repo, headers or {}, params)
+        finally:  # failures count too: the access log shows how long the upstream took to fail
+            stats.add_upstream_time(self.name, time.monotonic() - started)
+
         try:
             yield resp
         except (aiohttp.ClientError, TimeoutError) as exc:
