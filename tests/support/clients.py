@@ -47,7 +47,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.support.net import LOOPBACK, ThreadedAiohttpServer
+from tests.support.net import LOOPBACK, ThreadedAiohttpServer, forwarding_app
 
 DEFAULT_TIMEOUT = float(os.environ.get("MIRROR_CLIENT_TIMEOUT", "120"))
 TIMEOUT_RETURNCODE = -9
@@ -490,7 +490,6 @@ _HOP_BY_HOP = frozenset(
 
 # created at import time: web.AppKey() inspects the caller's frames for a module name and
 # fails (UnboundLocalError) when created in a server thread's event loop
-_SESSION_KEY = web.AppKey("recorder_session", aiohttp.ClientSession)
 
 
 @dataclass
@@ -580,25 +579,7 @@ class RequestRecorder(ThreadedAiohttpServer):
         return "\n".join(str(r) for r in self.requests) or "<no requests>"
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=0)
-        session_key = _SESSION_KEY
-
-        async def open_session(app: web.Application) -> None:
-            app[session_key] = aiohttp.ClientSession(
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120),
-            )
-
-        async def close_session(app: web.Application) -> None:
-            await app[session_key].close()
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._forward(request, request.app[session_key])
-
-        app.on_startup.append(open_session)
-        app.on_cleanup.append(close_session)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        return app
+        return forwarding_app(self._forward)
 
     async def _forward(
         self, request: web.Request, session: aiohttp.ClientSession

@@ -12,8 +12,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
 LOOPBACK = "127.0.0.1"
@@ -213,3 +214,30 @@ class ThreadedAiohttpServer:
             await self._stop_event.wait()
         finally:
             await runner.cleanup()
+
+
+ForwardHandler = Callable[[web.Request, aiohttp.ClientSession], Awaitable[web.StreamResponse]]
+_FORWARD_SESSION = web.AppKey("forward_session", aiohttp.ClientSession)
+
+
+def forwarding_app(handle: ForwardHandler) -> web.Application:
+    """An app sending every request to ``handle(request, session)``, with one client
+    session (no decompression, long reads) opened and closed with the app: the base of
+    the test proxies."""
+    app = web.Application(client_max_size=0)
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[_FORWARD_SESSION] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120),
+        )
+        yield
+        await app[_FORWARD_SESSION].close()
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await handle(request, request.app[_FORWARD_SESSION])
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", route)
+    return app

@@ -26,7 +26,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.support.net import ThreadedAiohttpServer
+from tests.support.net import ThreadedAiohttpServer, forwarding_app
 
 HOP_BY_HOP = frozenset(
     {
@@ -44,7 +44,6 @@ HOP_BY_HOP = frozenset(
 )
 _BLOB_GET = re.compile(r"^/v2/.+/blobs/[^/]+$")
 CHUNK = 64 * 1024
-_SESSION = web.AppKey("faulty_proxy_session", aiohttp.ClientSession)
 
 
 class FaultyProxy(ThreadedAiohttpServer):
@@ -89,25 +88,7 @@ class FaultyProxy(ThreadedAiohttpServer):
     # -- server -----------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=0)
-
-        async def open_session(app: web.Application) -> None:
-            app[_SESSION] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120),
-            )
-
-        async def close_session(app: web.Application) -> None:
-            await app[_SESSION].close()
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._handle(request, request.app[_SESSION])
-
-        app.on_startup.append(open_session)
-        app.on_cleanup.append(close_session)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        return app
+        return forwarding_app(self._handle)
 
     async def _handle(
         self, request: web.Request, session: aiohttp.ClientSession
