@@ -65,8 +65,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         bundle = root / "multi-arm64.tar"
         config = str(mirror.config_path)
+        # the workflow: prefetch one platform online, then export from the cache
+        prefetched = mirror_cli(
+            "prefetch", "--config", config, "multi", "--platform", "linux/arm64"
+        )
+        assert prefetched.returncode == 0, prefetched.stderr
         exported = mirror_cli(
-            "export", "--config", config, "multi", "--platform", "linux/arm64", "-o", str(bundle)
+            "export",
+            "--config",
+            config,
+            "multi",
+            "--platform",
+            "linux/arm64",
+            "-o",
+            str(bundle),
+            "--offline",
         )
         big_bundle = root / "big.tar"
         with big_bundle.open("wb") as out:  # through stdout: a stream, no seeking
@@ -128,6 +141,8 @@ def test_export_is_an_oci_archive_of_the_chosen_platform(
     assert digests_of(arm64) | {world.multi.digest} <= blobs  # the upstream index too
     for other in ("linux/amd64", "linux/arm/v7"):
         assert not digests_of(world.multi.image_for(other)) & blobs, other
+        for digest in digests_of(world.multi.image_for(other)):  # never fetched upstream
+            assert world.hub.count("GET", digest) == 0, (other, digest)
 
     ref = f"oci-archive:{world.bundle}:{NAME}"
     shown = skopeo_client.inspect(ref, override_arch="arm64")

@@ -109,7 +109,15 @@ def test_prefetch_exit_codes_name_what_failed(
     missing = cli(proc.config_path, "prefetch", "nginx", "--platform", "linux/s390x")
     assert missing.returncode == 1
     assert "has no linux/s390x; it has: linux/amd64, linux/arm/v7, linux/arm64" in missing.stderr
+    by_digest = cli(
+        proc.config_path, "prefetch", f"nginx@{world.nginx.digest}", "--platform", "linux/amd64"
+    )
+    assert by_digest.returncode == 0, by_digest.stderr
+    assert f"prefetched docker.io/library/nginx@{world.nginx.digest} platforms=linux/amd64" in (
+        by_digest.stderr
+    )
     bad = cli(proc.config_path, "prefetch", "nginx", "--platform", "linux")
+
     assert bad.returncode == 2 and "--platform: invalid platform 'linux'" in bad.stderr
     listed = tmp_path / "refs.txt"
     listed.write_text("# images for the edge\nnginx   # the web server\n\n")
