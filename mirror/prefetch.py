@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -140,6 +141,7 @@ def progress_bars(stream: TextIO) -> Progress:
         TransferSpeedColumn(),
         TextColumn("{task.fields[layers]}"),
         TimeRemainingColumn(),
+        console=Console(file=stream),
         transient=False,
     )
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 
 from mirror.db.models import (
     BlobRow,
@@ -355,11 +355,3 @@ class MetadataStore(OfflineRecords):
                 digest=digest, size=size, media_type=None, created_at=now, last_access=now, hits=0
             )
             await s.execute(stmt.on_conflict_do_nothing())
-
-    async def counts(self) -> dict[str, int]:
-        """Row counts per table (for logs and admin commands)."""
-        async with self._sessions() as s:
-            out = {}
-            for name, table in (("blobs", BlobRow), ("manifests", ManifestRow), ("tags", TagRow)):
-                out[name] = await s.scalar(select(func.count()).select_from(table)) or 0
-            return out

@@ -18,7 +18,7 @@ from mirror import errors, manifest
 from mirror.mediatypes import LIST_TYPES, MANIFEST_TYPES
 from mirror.platforms import Platform, from_json
 from mirror.policy import Route, View
-from mirror.reference import is_digest, parse_digest
+from mirror.reference import parse_digest
 from mirror.registry.blobs import ProxyBlobs
 from mirror.registry.common import Services
 from mirror.registry.manifests import Manifest, ProxyManifests
@@ -171,8 +171,3 @@ class PlatformViews:
             f"the image has: {names}",
             detail={"view": view.name, "available": sorted({str(p) for p in available})},
         )
-
-
-def is_tag(reference: str) -> bool:
-    """Views rewrite answers to tags only: digests are answered as they are."""
-    return not is_digest(reference)
