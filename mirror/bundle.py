@@ -222,12 +222,3 @@ def blob_member(digest: str) -> str:
     """The tar member name of a blob: ``blobs/<alg>/<hex>``."""
     algorithm, _, hexpart = digest.partition(":")
     return f"blobs/{algorithm}/{hexpart}"
-
-
-def human_size(size: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
-from mirror.config import Settings, load_settings
+from mirror.config import format_size, settings_from_args
 from mirror.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -64,21 +64,13 @@ def add_bundle_commands(sub: Any, with_config: AddConfig) -> None:
     load.set_defaults(func=_import)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"data_dir": args.data_dir, "offline": getattr(args, "offline", None)}
-    return load_settings(args.config, overrides=overrides)
-
-
 def _export(args: argparse.Namespace) -> int:
-    from mirror import bundle, bundle_export, logs
-    from mirror.platforms import parse_platform
+    from mirror import bundle_export, logs
+    from mirror.platforms import parse_flags
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.setup("warning", settings.log_format)
-    try:
-        platforms = [parse_platform(p) for p in args.platform or []] or None
-    except ValueError as exc:
-        raise ConfigError(f"--platform: {exc}") from exc
+    platforms = parse_flags(args.platform)
     to_stdout = args.output == "-"
     if to_stdout and sys.stdout.isatty():
         raise ConfigError("refusing to write a bundle to a terminal: redirect it or use -o FILE")
@@ -95,7 +87,7 @@ def _export(args: argparse.Namespace) -> int:
     where = "stdout" if to_stdout else args.output
     print(
         f"exported {summary.images} image(s), {summary.manifests} manifests, {summary.blobs} "
-        f"blobs, {bundle.human_size(summary.bytes)} to {where} in {summary.seconds:.1f}s",
+        f"blobs, {format_size(summary.bytes)} to {where} in {summary.seconds:.1f}s",
         file=sys.stderr if to_stdout else sys.stdout,
     )
     return 0
@@ -118,7 +110,7 @@ def _import(args: argparse.Namespace) -> int:
         else:
             print_content(content, sys.stdout)
         return 0
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.setup("warning", settings.log_format)
     progress = _progress()
     try:
@@ -134,7 +126,7 @@ def _import(args: argparse.Namespace) -> int:
     else:
         print(
             f"imported {summary.changed} of {summary.images} image(s) from {label}: "
-            f"{summary.files} new files, {bundle.human_size(summary.bytes)} "
+            f"{summary.files} new files, {format_size(summary.bytes)} "
             f"in {summary.seconds:.1f}s"
         )
     return 0
@@ -142,18 +134,17 @@ def _import(args: argparse.Namespace) -> int:
 
 def print_content(content: BundleContent, out: TextIO) -> None:
     """The content manifest as a table (for `mirror import --list`)."""
-    from mirror.bundle import human_size
 
     files = content.files()
     print(
         f"mirror bundle created {content.created}: {len(content.images)} image(s), "
-        f"{len(files)} files, {human_size(content.total_bytes)}",
+        f"{len(files)} files, {format_size(content.total_bytes)}",
         file=out,
     )
     print(f"{'IMAGE':<48} {'PLATFORMS':<32} {'BLOBS':>5} {'SIZE':>10}", file=out)
     for image in content.images:
         platforms = ",".join(p or "unknown" for p, _ in image.platforms)
-        size = human_size(image.total_bytes)
+        size = format_size(image.total_bytes)
         print(f"{image.name:<48} {platforms:<32} {len(image.blobs):>5} {size:>10}", file=out)
         rows = [("upstream", image.original)]
         if image.served.digest != image.original.digest:

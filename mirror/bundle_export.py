@@ -30,9 +30,8 @@ from mirror.bundle import (
     Descriptor,
     Progress,
     blob_member,
-    human_size,
 )
-from mirror.config import Settings
+from mirror.config import Settings, format_size
 from mirror.mediatypes import IMAGE_TYPES, LIST_TYPES, OCI_INDEX, OCI_MANIFEST
 from mirror.platforms import Platform
 from mirror.reference import Digest, parse_digest
@@ -207,7 +206,7 @@ async def _write_image(
     platforms = ", ".join(p or "unknown" for p, _ in entry.platforms)
     progress.finish(
         f"exported {entry.name} [{platforms}] {len(entry.blobs)} blobs "
-        f"{human_size(entry.total_bytes)}"
+        f"{format_size(entry.total_bytes)}"
     )
 
 

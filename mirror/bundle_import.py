@@ -34,9 +34,8 @@ from mirror.bundle import (
     BundleImage,
     Descriptor,
     Progress,
-    human_size,
 )
-from mirror.config import Settings
+from mirror.config import Settings, format_size
 from mirror.db.records import ImportedImage
 from mirror.db.store import MetadataStore
 from mirror.mediatypes import IMAGE_TYPES, LIST_TYPES
@@ -117,7 +116,7 @@ async def _verify(
     _check_references(bundle, staging.bodies)
     files = bundle.files()
     progress.finish(
-        f"verified {len(files)} files ({human_size(bundle.total_bytes)}) "
+        f"verified {len(files)} files ({format_size(bundle.total_bytes)}) "
         f"of {len(bundle.images)} image(s)"
     )
     return bundle

@@ -12,20 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mirror import logs
-from mirror.config import Settings, load_settings
+from mirror.config import settings_from_args
 from mirror.errors import ConfigError
 
 log = logging.getLogger("mirror")
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        "listen": getattr(args, "listen", None),
-        "data_dir": getattr(args, "data_dir", None),
-        "offline": getattr(args, "offline", None),
-    }
-
-    return load_settings(args.config, overrides=overrides)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -34,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mirror.http.accesslog import AccessLogger, access_logger
     from mirror.http.app import create_app
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.setup(settings.log_level, settings.log_format)
     log.info(
         "event=starting listen=%s data_dir=%s upstreams=%s",
@@ -91,7 +81,7 @@ def _bind(listen: str) -> socket.socket:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from mirror.db.session import create_engine, upgrade
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.setup(settings.log_level, settings.log_format)
 
     async def run() -> None:
@@ -107,7 +97,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from_args(args)
     print(f"configuration OK: listen={settings.listen} data_dir={settings.data_dir}")
     for u in settings.upstreams:
         print(f"  upstream {u.registry} -> {u.url} default={u.default} tag_ttl={u.tag_ttl:g}s")
@@ -117,7 +107,7 @@ def _config_check(args: argparse.Namespace) -> int:
 def _list_create(args: argparse.Namespace) -> int:
     from mirror import admin
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.setup("warning", settings.log_format)
     platform_of = {}
     for item in args.platform_of or []:
@@ -131,24 +121,21 @@ def _list_create(args: argparse.Namespace) -> int:
 def _list_inspect(args: argparse.Namespace) -> int:
     from mirror import admin
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.setup("warning", settings.log_format)
     return _run_admin(admin.inspect(settings, args.target, args.json))
 
 
 def _prefetch(args: argparse.Namespace) -> int:
     from mirror import prefetch
-    from mirror.platforms import parse_platform
+    from mirror.platforms import parse_flags
     from mirror.registry.service import open_registry
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.setup("warning", settings.log_format)
     if args.platform and args.all_platforms:
         raise ConfigError("--platform and --all-platforms exclude each other")
-    try:
-        platforms = [parse_platform(p) for p in args.platform or []] or None
-    except ValueError as exc:
-        raise ConfigError(f"--platform: {exc}") from exc
+    platforms = parse_flags(args.platform)
     refs = list(args.refs)
     if args.from_file:
         lines = Path(args.from_file).read_text().splitlines()

@@ -67,6 +67,21 @@ def parse_size(value: Any) -> int:
     return int(match.group(1)) * _SIZES[(match.group(2) or "b").lower()]
 
 
+def format_size(size: float) -> str:
+    """Bytes for people: 0 B, 1.5 KiB, 35.0 MiB (the inverse of parse_size's units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def settings_from_args(args: Any) -> Settings:
+    """Settings for a command: --config, then the --listen/--data-dir/--offline flags it has."""
+    overrides = {key: getattr(args, key, None) for key in ("listen", "data_dir", "offline")}
+    return load_settings(args.config, overrides=overrides)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 

@@ -159,3 +159,13 @@ def require(text: str) -> Platform:
         return parse_platform(text)
     except ValueError as exc:
         raise errors.MirrorError(errors.UNSUPPORTED, str(exc), status=400) from exc
+
+
+def parse_flags(values: list[str] | None) -> list[Platform] | None:
+    """--platform flags (repeatable) as platforms; None when none was given (all)."""
+    from mirror.errors import ConfigError
+
+    try:
+        return [parse_platform(v) for v in values or []] or None
+    except ValueError as exc:
+        raise ConfigError(f"--platform: {exc}") from exc

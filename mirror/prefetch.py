@@ -23,6 +23,7 @@ from rich.progress import (
 )
 
 from mirror import content, errors
+from mirror.config import format_size
 from mirror.platforms import Platform
 from mirror.reference import parse_digest
 from mirror.registry.blobs import LocalBlob
@@ -46,15 +47,6 @@ class ImageResult:
     cached_bytes: int = 0
     pinned: int = 0
     error: str | None = None
-
-
-def human(size: float) -> str:
-    """Bytes for people: 0 B, 1.2 KiB, 35.0 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 class Prefetcher:
@@ -156,7 +148,8 @@ def report(results: list[ImageResult], out: TextIO = sys.stderr) -> int:
             pinned = f" pinned={r.pinned}" if r.pinned else ""
             print(
                 f"prefetched {r.name} platforms={','.join(r.platforms)} blobs={r.layers} "
-                f"fetched={human(r.fetched_bytes)} cached={human(r.cached_bytes)}{pinned}",
+                f"fetched={format_size(r.fetched_bytes)} "
+                f"cached={format_size(r.cached_bytes)}{pinned}",
                 file=out,
             )
     ok = [r for r in results if not r.error]
@@ -165,7 +158,7 @@ def report(results: list[ImageResult], out: TextIO = sys.stderr) -> int:
     platforms = sum(len(r.platforms) for r in ok)
     print(
         f"summary: images={len(ok)} failed={len(failed)} platforms={platforms} "
-        f"fetched={human(fetched)} already-cached={human(cached)}",
+        f"fetched={format_size(fetched)} already-cached={format_size(cached)}",
         file=out,
     )
     if ok and fetched == 0 and not failed:
