@@ -202,14 +202,40 @@ class ReferenceProxy(System):
         self.registry.storage_dir.mkdir(parents=True)
 
 
-class _Nginx(System):
+class _ProcessSystem(System):
+    """A system that is one child process (and its group) of the harness."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @abstractmethod
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the process's log, for error messages."""
+
+    def _await_ready(self) -> None:
+        """Wait until ``/v2/`` answers; stop and report the log tail if it never does."""
+        try:
+            _wait_http_ok(self.url + "/v2/", START_TIMEOUT, self.proc)
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start: {exc}\n{self.log_tail()}") from exc
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        stop_process(proc)
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+class _Nginx(_ProcessSystem):
     """An nginx master (foreground, ``daemon off``) with its own prefix, conf, pid and logs."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.conf_path = root / "nginx.conf"
         self.log_dir = root / "logs"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @abstractmethod
     def _http_block(self) -> str:
@@ -258,18 +284,7 @@ http {{
                 stderr=err,
                 start_new_session=True,
             )
-        try:
-            _wait_http_ok(self.url + "/v2/", START_TIMEOUT, self.proc)
-        except Exception as exc:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start: {exc}\n{self.log_tail()}") from exc
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        stop_process(proc)
-
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        self._await_ready()
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of nginx's error log."""
@@ -364,7 +379,7 @@ class NginxSendfile(_Nginx):
     }}"""
 
 
-class Mirror(System):
+class Mirror(_ProcessSystem):
     """The mirror under test: ``python -m mirror serve --config FILE``."""
 
     name = "mirror"
@@ -376,7 +391,6 @@ class Mirror(System):
         self.data_dir = root / "data"
         self.config_path = root / "mirror.toml"
         self.log_path = root / "mirror.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.settings = {
             "listen": self.host,
             "data_dir": str(self.data_dir),
@@ -407,18 +421,7 @@ class Mirror(System):
                 start_new_session=True,
                 cwd=Path(__file__).resolve().parent.parent,
             )
-        try:
-            _wait_http_ok(self.url + "/v2/", START_TIMEOUT, self.proc)
-        except Exception as exc:
-            self.stop()
-            raise RuntimeError(f"mirror did not start: {exc}\n{self.log_tail()}") from exc
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        stop_process(proc)
-
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        self._await_ready()
 
     def wipe(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
