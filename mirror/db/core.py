@@ -44,12 +44,16 @@ class StoreCore:
             self._ignores[table] = stmt
         return stmt
 
-    async def _upsert(self, table: type, values: dict[str, Any], keys: tuple[str, ...]) -> None:
-        """Insert a row, or update its columns other than ``keys`` if it exists."""
+    def _upsert_stmt(self, table: type, values: dict[str, Any], keys: tuple[str, ...]) -> Any:
+        """INSERT a row, or UPDATE its columns other than ``keys`` if it exists."""
         stmt = self._insert(table).values(**values)  # type: ignore[attr-defined]
         update = {k: v for k, v in values.items() if k not in keys}
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_=update)
+
+    async def _upsert(self, table: type, values: dict[str, Any], keys: tuple[str, ...]) -> None:
+        """Insert a row, or update its columns other than ``keys`` if it exists."""
         async with self.engine.begin() as c:
-            await c.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update))
+            await c.execute(self._upsert_stmt(table, values, keys))
 
     async def _link(
         self,

@@ -91,12 +91,16 @@ class CachedMetadataStore(MetadataStore):
         upstream: str,
         repository: str,
         children: Iterable[tuple[str, str]],
+        tag: tuple[str, str] | None = None,
     ) -> None:
         children = list(children)
-        await super().add_manifest(digest, media_type, size, upstream, repository, children)
+        await super().add_manifest(digest, media_type, size, upstream, repository, children, tag)
         self._manifests.put(digest, ManifestEntry(digest, media_type, size))
         for child, _ in [(digest, "manifest"), *children]:
             self._links.put((upstream, repository, child), True)
+        if tag is not None:
+            entry = TagEntry(digest, media_type, time.time())
+            self._tags.put((upstream, repository, *tag), (entry, time.monotonic()))
 
     async def is_linked(self, upstream: str, repository: str, digest: str) -> bool:
         key = (upstream, repository, digest)

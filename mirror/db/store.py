@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, select, update
 
@@ -116,10 +117,14 @@ class MetadataStore(OfflineRecords):
         upstream: str,
         repository: str,
         children: Iterable[tuple[str, str]],
+        tag: tuple[str, str] | None = None,
     ) -> None:
-        """Record a cached manifest, link it and what it references to the repository."""
+        """Record a cached manifest, link it and what it references to the repository;
+        with ``tag`` (tag, accept class), point that tag at it in the same transaction."""
         now = time.time()
         async with self.engine.begin() as s:
+            if tag is not None:
+                await s.execute(self._tag_upsert(upstream, repository, *tag, digest, media_type))
             for table in (ManifestRow, BlobRow):
                 values = dict(
                     digest=digest,
@@ -206,19 +211,22 @@ class MetadataStore(OfflineRecords):
         self, upstream: str, repository: str, tag: str, accept: str, digest: str, media_type: str
     ) -> None:
         """Record (or refresh) where a tag points, checked now."""
-        await self._upsert(
-            TagRow,
-            dict(
-                upstream=upstream,
-                repository=repository,
-                tag=tag,
-                accept=accept,
-                digest=digest,
-                media_type=media_type,
-                checked_at=time.time(),
-            ),
-            ("upstream", "repository", "tag", "accept"),
+        async with self.engine.begin() as c:
+            await c.execute(self._tag_upsert(upstream, repository, tag, accept, digest, media_type))
+
+    def _tag_upsert(
+        self, upstream: str, repository: str, tag: str, accept: str, digest: str, media_type: str
+    ) -> Any:
+        values = dict(
+            upstream=upstream,
+            repository=repository,
+            tag=tag,
+            accept=accept,
+            digest=digest,
+            media_type=media_type,
+            checked_at=time.time(),
         )
+        return self._upsert_stmt(TagRow, values, ("upstream", "repository", "tag", "accept"))
 
     async def tags(self, upstream: str, repository: str) -> list[str]:
         """The tags known for a repository, sorted."""

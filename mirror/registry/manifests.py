@@ -7,6 +7,7 @@ unreachable, times out, or answers 5xx/429, the last known digest is served stal
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -160,25 +161,29 @@ class ProxyManifests:
             stats.set_cache("stale")
             return Manifest(cached, entry.media_type, entry.digest, stale=True)
         stats.set_cache("miss")
-        result = await self._store(route, fetched)
-        await self._s.meta.put_tag(
-            route.registry, route.repository, tag, akey, result.digest, result.media_type
-        )
-        return result
+        return await self._store(route, fetched, (tag, akey))
 
-    async def _store(self, route: Route, fetched: FetchedManifest) -> Manifest:
-        """Commit the bytes (verified by digest) and their metadata, then serve them."""
+    async def _store(
+        self, route: Route, fetched: FetchedManifest, tag: tuple[str, str] | None = None
+    ) -> Manifest:
+        """Commit the bytes (verified by digest) and their metadata (and the tag pointing
+        at them), then serve them. File and rows are written at once; the bytes are in
+        memory first, so a reader who sees the rows before the file still finds them."""
         key = str(fetched.digest)
-        await self._s.store.put_bytes(fetched.digest, fetched.body)
-        await self._s.meta.add_manifest(
-            key,
-            fetched.media_type,
-            len(fetched.body),
-            route.registry,
-            route.repository,
-            manifest.children(fetched.body, fetched.media_type),
-        )
         self._s.memory.put(key, fetched.body)
+        await asyncio.gather(
+            self._s.store.put_bytes(fetched.digest, fetched.body),
+            self._s.meta.add_manifest(
+                key,
+                fetched.media_type,
+                len(fetched.body),
+                route.registry,
+                route.repository,
+                manifest.children(fetched.body, fetched.media_type),
+                tag,
+            ),
+        )
+
         described = manifest.platforms_of_list(fetched.body, fetched.media_type)
         if described:
             await self._s.meta.put_platforms((d, p, "index") for d, p in described)
