@@ -103,6 +103,7 @@ class UpstreamSettings(BaseModel):
     retries: int = Field(default=2, ge=0, le=10)
     platforms: list[str] = Field(default_factory=list)
     offline: bool = False
+    readahead: bool = True
 
     @field_validator("platforms")
     @classmethod

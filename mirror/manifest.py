@@ -37,7 +37,20 @@ def children(body: bytes, media_type: str) -> list[tuple[str, str]]:
     return found
 
 
+def blob_sizes(body: bytes) -> list[tuple[str, int]]:
+    """(digest, size) of an image manifest's config and layers, in that order (what a
+    client fetches next); size 0 where the descriptor does not say."""
+    doc = load(body) or {}
+    found: list[tuple[str, int]] = []
+    for d in [doc.get("config"), *(doc.get("layers") or [])]:
+        if isinstance(d, dict) and isinstance(d.get("digest"), str):
+            size = d.get("size")
+            found.append((d["digest"], size if isinstance(size, int) and size >= 0 else 0))
+    return found
+
+
 def _digests(descriptors: Any) -> list[str]:
+
     if not isinstance(descriptors, list):
         return []
     return [

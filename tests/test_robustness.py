@@ -27,6 +27,9 @@ from tests.support.registry import Registry
 MiB = 1024 * 1024
 REPO = "team/robust"
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_read=20)
+#: Streaming differs per loop: asyncio sends a growing file with sendfile(2), uvloop
+#: (no sendfile) copies from memory; both must keep the same promises.
+LOOPS = ["asyncio", "uvloop"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -195,11 +198,12 @@ async def test_herd_of_clients_makes_one_upstream_get(
     await expect_cached(mirror, digest, data)
 
 
+@pytest.mark.parametrize("loop_kind", LOOPS)
 async def test_follower_streams_while_download_runs(
-    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory
+    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory, loop_kind: str
 ) -> None:
     data, digest = push_random_blob(registry, 4 * MiB, seed=1002)
-    mirror = mirror_factory(through(proxy))
+    mirror = mirror_factory(through(proxy), event_loop=loop_kind)
     proxy.throttle_bytes_per_sec = 1 * MiB  # ~4 s upstream transfer
     registry.reset_counts()
     order: list[str] = []
@@ -268,11 +272,12 @@ async def test_download_survives_client_hanging_up(
 # -- an upstream that lies or dies -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop_kind", LOOPS)
 async def test_corrupt_upstream_body_is_never_served_whole_nor_cached(
-    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory
+    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory, loop_kind: str
 ) -> None:
     data, digest = push_random_blob(registry, 2 * MiB, seed=1004)
-    mirror = mirror_factory(through(proxy))
+    mirror = mirror_factory(through(proxy), event_loop=loop_kind)
     proxy.flip_blob_byte = True
     registry.reset_counts()
     url = blob_url(mirror, digest)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 
@@ -103,7 +105,11 @@ def _route_headers(route: Route) -> dict[str, str]:
 
 async def _manifest(request: web.Request, route: Route, reference: str) -> web.Response:
     accept = accepted_manifest_types(request.headers.getall("Accept", []))
-    found: Manifest = await request.app[REGISTRY].manifests.get(route, reference, accept)
+    registry = request.app[REGISTRY]
+    found: Manifest = await registry.manifests.get(route, reference, accept)
+    if request.method == "GET":
+        registry.readahead.schedule(route, found)
+
     headers = {
         **_route_headers(route),
         "Docker-Content-Digest": found.digest,
@@ -137,7 +143,11 @@ async def _blob(request: web.Request, route: Route, reference: str) -> web.Strea
         return head
     found = await blobs.get(route, digest, whole="Range" in request.headers)
     if isinstance(found, LocalBlob):
+        if found.body is not None and "Range" not in request.headers:
+            # A small blob still in memory: no file to open (it is on disk too).
+            return web.Response(body=found.body, headers={**headers, "ETag": f'"{digest}"'})
         return web.FileResponse(found.path, chunk_size=1024 * 1024, headers=headers)
+
     return await _stream(request, found, headers)
 
 
@@ -150,8 +160,11 @@ async def _stream(
         response.content_length = blob.size
     await response.prepare(request)
     try:
-        async for chunk in blob.fetch.chunks():
-            await response.write(chunk)
+        if blob.size is not None and _native_sendfile():
+            await _send_growing_file(request, blob)
+        else:
+            async for chunk in blob.fetch.chunks():
+                await response.write(chunk)
     except errors.MirrorError as exc:
         # The status line is sent: the only honest signal left is to cut the connection
         # before the body is complete, so the client cannot take it for the blob.
@@ -161,6 +174,29 @@ async def _stream(
         return response
     await response.write_eof()
     return response
+
+
+def _native_sendfile() -> bool:
+    """asyncio's own loop sends files with sendfile(2); others (uvloop) copy in Python."""
+    return isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
+
+
+async def _send_growing_file(request: web.Request, blob: StreamingBlob) -> None:
+    """Send a download from its file as it is written, with sendfile(2): the kernel moves
+    the bytes, the event loop only hands over ranges (and followers cost no copies)."""
+    loop = asyncio.get_running_loop()
+    file = None  # opened at the first bytes written (the download creates the file)
+    try:
+        async for offset, count in blob.fetch.spans():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("client went away")
+            if file is None:
+                file = os.fdopen(blob.fetch.open_file(), "rb", buffering=0)
+            await loop.sendfile(transport, file, offset, count)
+    finally:
+        if file is not None:
+            file.close()
 
 
 async def _tags(request: web.Request, route: Route) -> web.Response:

@@ -34,6 +34,7 @@ class LocalBlob:
     digest: Digest
     path: Path
     size: int
+    body: bytes | None = None  # a small blob's bytes, when in memory
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class ProxyBlobs:
             if size is not None:
                 stats.set_cache("hit")
                 self._s.meta.record_access("blob", str(digest))
-                return LocalBlob(digest, self._s.store.path(digest), size)
+                body = self._s.inflight.recent.get(str(digest))
+                return LocalBlob(digest, self._s.store.path(digest), size, body)
             fetch = self._s.inflight.get(digest)  # it may have started meanwhile
         if fetch is None:
             source = await self._s.fetch_source(route, str(digest))
@@ -104,8 +106,26 @@ class ProxyBlobs:
         await fetch.wait_started()
         if whole or fetch.done:
             await fetch.wait_done()
-            return LocalBlob(digest, fetch.path, fetch.written)
+            return LocalBlob(digest, fetch.path, fetch.written, fetch.body)
+
         return StreamingBlob(digest, fetch)
+
+    async def warm(self, route: Route, digest: Digest) -> bool:
+        """Fetch a blob into the cache unless it is cached or downloading already, and
+        wait until its bytes are verified (its commit to disk may still run); True if
+        this call started the download (read-ahead)."""
+        if self._s.inflight.get(digest) is not None:
+            return False
+        if await self._s.store.size(digest) is not None:
+            if await self._s.meta.blob_size(str(digest)) is not None:
+                return False
+        if self._s.inflight.get(digest) is not None:
+            return False
+        found = await self.get(route, digest)
+        if isinstance(found, LocalBlob):
+            return False
+        await found.fetch.wait_verified()
+        return True
 
     async def _cached_size(self, route: Route, digest: Digest) -> int | None:
         """The size of a cached blob this repository may serve, else None."""

@@ -1,9 +1,8 @@
-"""Pieces the proxy services share: the context they run in, single-flight, a manifest LRU."""
+"""Pieces the proxy services share: the context they run in, single-flight."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -12,6 +11,7 @@ from mirror.config import Settings
 from mirror.db.store import MetadataStore
 from mirror.policy import Route
 from mirror.registry.inflight import InflightFetches
+from mirror.registry.lru import MemoryLRU
 from mirror.storage.blobs import BlobStore
 from mirror.upstream.client import UpstreamRegistry
 
@@ -36,30 +36,6 @@ class SingleFlight(Generic[T]):
         return await asyncio.shield(task)
 
 
-class ManifestMemory:
-    """A bounded in-memory LRU of manifest bytes by digest, in front of the disk."""
-
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
-        self._max = max_bytes
-
-    def get(self, digest: str) -> bytes | None:
-        body = self._items.get(digest)
-        if body is not None:
-            self._items.move_to_end(digest)
-        return body
-
-    def put(self, digest: str, body: bytes) -> None:
-        if digest in self._items or len(body) > self._max:
-            return
-        self._items[digest] = body
-        self._bytes += len(body)
-        while self._bytes > self._max:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= len(old)
-
-
 @dataclass
 class Services:
     """What the proxy services are built on: settings, store, metadata, upstreams."""
@@ -69,7 +45,8 @@ class Services:
     meta: MetadataStore
     upstreams: dict[str, UpstreamRegistry]
     inflight: InflightFetches
-    memory: ManifestMemory
+    memory: MemoryLRU  # manifests
+
     #: (registry, repository) of a synthesized list -> the routes of its sources
     aliases: dict[tuple[str, str], list[Route]] = field(default_factory=dict)
 

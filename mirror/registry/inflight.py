@@ -19,6 +19,7 @@ from typing import Any
 
 from mirror import errors
 from mirror.reference import Digest
+from mirror.registry.lru import MemoryLRU
 from mirror.storage.blobs import CHUNK_SIZE, BlobStore, TempBlob
 
 log = logging.getLogger("mirror.inflight")
@@ -34,6 +35,10 @@ TAIL_BYTES = 4 * 1024 * 1024
 WRITE_AHEAD = 8
 #: Blobs up to this size are written without a separate writer task.
 SMALL_BLOB = 1024 * 1024
+#: Blobs up to this size stay in memory after their download (served with no file I/O).
+SMALL_BODY = 256 * 1024
+#: Bytes of such small blobs kept (least recently used go first).
+RECENT_BYTES = 64 * 1024 * 1024
 
 
 # The source of a download: an async context manager factory yielding
@@ -54,6 +59,7 @@ class BlobFetch:
         self.done = False
         self.verified = False  # digest and size checked: every byte may be sent
         self.error: BaseException | None = None
+        self.body: bytes | None = None  # a small blob's verified bytes
         self.path = store.path(digest)
         self._store = store
         self._temp: TempBlob = store.new_temp(digest)
@@ -78,6 +84,7 @@ class BlobFetch:
             # metadata row follow without holding any client back.
             self.size = self.written
             self.verified = True
+            self.body = self._small_body()
             self._wake()
             await self._temp.commit(self.path, self.size)
             await on_commit(self.written)
@@ -143,6 +150,11 @@ class BlobFetch:
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
 
+    def _small_body(self) -> bytes | None:
+        if self.written > SMALL_BODY or not self._tail or self._tail[0][0] != 0:
+            return None
+        return b"".join(piece for _, piece in self._tail)
+
     def _take(self, chunk: bytes) -> None:
         """Account for bytes from the upstream and show them to the readers."""
         self._remember(self.received, chunk)
@@ -158,6 +170,7 @@ class BlobFetch:
             await self._temp.write(chunk)
             self.written = self._temp.written
             self._trim()
+            self._wake()  # file readers (sendfile) follow what is written
 
     def _remember(self, offset: int, chunk: bytes) -> None:
         """Keep the newest pieces in memory: readers keeping up are served from here,
@@ -192,6 +205,14 @@ class BlobFetch:
     async def wait_started(self) -> None:
         """Wait until the upstream answered (size known) or the fetch failed."""
         await asyncio.shield(self._started)
+
+    async def wait_verified(self) -> None:
+        """Wait until every byte is verified (readers may have it all; the commit to the
+        store may still be running); raise the fetch's error if it failed."""
+        while not self.verified:
+            if self.error is not None:
+                raise self.error
+            await self._progress.wait()
 
     async def wait_done(self) -> None:
         """Wait until the blob is committed; raise the fetch's error if it failed."""
@@ -232,7 +253,35 @@ class BlobFetch:
             if fd >= 0:
                 os.close(fd)
 
+    async def spans(self) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) ranges of the file as they are written, for readers that
+        send from the file itself (sendfile): the last byte only after verification."""
+        if self.error is not None:
+            raise self.error
+        pos = 0
+        while True:
+            if self.error is not None and not self.verified:
+                raise self.error
+            limit = self.written if self.verified else min(self.written, self.received - HOLDBACK)
+            if pos < limit:
+                yield pos, limit - pos
+                pos = limit
+                continue
+            if self.verified:
+                return
+            await self._progress.wait()
+
+    def open_file(self) -> int:
+        """A read-only descriptor of the blob's file (temp or committed: same inode)."""
+        try:
+            return self._open_file()
+        except FileNotFoundError:
+            if self.error is not None:
+                raise self.error from None
+            raise
+
     def _open_file(self) -> int:
+
         try:
             return os.open(self._temp.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -245,6 +294,8 @@ class InflightFetches:
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
+        #: Small blobs downloaded lately, by digest: served from memory.
+        self.recent = MemoryLRU(RECENT_BYTES)
         self._fetches: dict[Digest, BlobFetch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -270,6 +321,8 @@ class InflightFetches:
     async def _run(self, fetch: BlobFetch, source: Source, on_commit: OnCommit) -> None:
         try:
             await fetch.run(source, on_commit)
+            if fetch.body is not None:
+                self.recent.put(str(fetch.digest), fetch.body)
         finally:
             if fetch.error is not None:
                 self._forget(fetch)

@@ -17,10 +17,12 @@ from mirror.mediatypes import MANIFEST_TYPES
 from mirror.policy import Route, Router
 from mirror.reference import is_digest, parse_digest
 from mirror.registry.blobs import ProxyBlobs
-from mirror.registry.common import ManifestMemory, Services
+from mirror.registry.common import Services
 from mirror.registry.inflight import InflightFetches
+from mirror.registry.lru import MemoryLRU
 from mirror.registry.manifests import Manifest, ProxyManifests
 from mirror.registry.platforms import PlatformIndex, PlatformViews
+from mirror.registry.readahead import Readahead
 from mirror.registry.synth import ListBuildError, SynthesizedLists
 from mirror.registry.tags import Catalog, Page, ProxyReferrers, ProxyTags, paginate
 from mirror.storage.blobs import BlobStore
@@ -97,6 +99,7 @@ class Registry:
         self.router = Router(services.settings)
         proxy = ProxyManifests(services)
         self.blobs = ProxyBlobs(services)
+        self.readahead = Readahead(services, self.blobs)
         self.platforms = PlatformIndex(services, proxy, self.blobs)
         self.lists = SynthesizedLists(services, self.router, proxy, self.platforms)
         self.views = PlatformViews(services, proxy, self.platforms)
@@ -115,6 +118,16 @@ class Registry:
                 raise ConfigError(f"invalid configuration: {exc.message}") from exc
             except errors.MirrorError as exc:
                 log.warning("event=list_not_built list=%s reason=%r", spec, exc.message)
+
+
+async def _warm_up(meta: MetadataStore) -> None:
+    """Run the lookups every first pull makes once, with keys that match nothing: their
+    SQL is compiled and a connection is open before the first client waits on them."""
+    nothing = "sha256:" + "0" * 64
+    await meta.tag("", "", "", "")
+    await meta.manifest(nothing)
+    await meta.blob_size(nothing)
+    await meta.is_linked("", "", nothing)
 
 
 async def reconcile(store: BlobStore, meta: MetadataStore) -> dict[str, int]:
@@ -169,15 +182,17 @@ async def open_registry(
     inflight = InflightFetches(store)
     tasks: list[asyncio.Task[None]] = []
     meta = CachedMetadataStore(engine)
+    registry: Registry | None = None
     try:
         await upgrade(engine)
         await reconcile(store, meta)
+        await _warm_up(meta)
         upstreams = {
             u.registry: UpstreamRegistry(u, sessions[u.registry], offline=settings.offline)
             for u in settings.upstreams
         }
 
-        services = Services(settings, store, meta, upstreams, inflight, ManifestMemory())
+        services = Services(settings, store, meta, upstreams, inflight, MemoryLRU())
         registry = Registry(services)
         await registry.lists.refresh()
         if check_lists:
@@ -192,7 +207,10 @@ async def open_registry(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if registry is not None:
+            await registry.readahead.close()
         await inflight.close()
+
         with contextlib.suppress(Exception):
             await meta.flush_access()
         for session in sessions.values():

@@ -34,14 +34,22 @@ class TempBlob:
         self.written = 0
         self.verified = False
         self._hash = digest.hasher()
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = -1  # created by the first write, off the event loop
+        self._closed = False
 
     async def write(self, chunk: bytes) -> None:
         """Append bytes (hashing and writing off the event loop, in one hop)."""
         await asyncio.get_running_loop().run_in_executor(None, self._write, chunk)
         self.written += len(chunk)
 
+    def _open(self) -> None:
+        if self._fd < 0:
+            if self._closed:
+                raise BlobVerificationError(str(self.digest), "temp file already discarded")
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
     def _write(self, chunk: bytes) -> None:
+        self._open()
         self._hash.update(chunk)
         view = memoryview(chunk)
         while view:
@@ -92,6 +100,7 @@ class TempBlob:
         self._rename(final)
 
     def _seal(self) -> None:
+        self._open()  # an empty blob was never written to
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
@@ -107,6 +116,7 @@ class TempBlob:
 
     async def discard(self) -> None:
         """Close and remove the temp file (idempotent)."""
+        self._closed = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
