@@ -87,6 +87,9 @@ class Download:
     Records the status, every byte received and the error that ended it, if any.
     ``hang_up_after``: close the connection once that many bytes arrived.
     ``on_first_bytes``: called (synchronously) when the first body bytes arrive.
+    ``rate``: read at most that many bytes per second (a steady, slower client).
+    ``pause_after``/``resume``: stop reading after that many bytes until ``resume`` is set
+    (the connection stays open: a stalled client).
     """
 
     def __init__(
@@ -97,8 +100,14 @@ class Download:
         hang_up_after: int | None = None,
         on_headers: Callable[[], None] | None = None,
         on_first_bytes: Callable[[], None] | None = None,
+        rate: float | None = None,
+        pause_after: int | None = None,
+        resume: asyncio.Event | None = None,
     ) -> None:
         self.url = url
+        self.rate = rate
+        self.pause_after = pause_after
+        self.resume = resume
         self.headers = headers or {}
         self.hang_up_after = hang_up_after
         self.on_headers = on_headers
@@ -119,10 +128,18 @@ class Download:
                     self.content_length = resp.content_length
                     if self.on_headers is not None:
                         self.on_headers()
+                    started = time.monotonic()
                     async for chunk in resp.content.iter_any():
                         if not self.body and self.on_first_bytes is not None:
                             self.on_first_bytes()
                         self.body += chunk
+                        if self.rate is not None:
+                            due = started + len(self.body) / self.rate
+                            await asyncio.sleep(max(0.0, due - time.monotonic()))
+                        if self.pause_after is not None and len(self.body) >= self.pause_after:
+                            self.pause_after = None
+                            assert self.resume is not None
+                            await self.resume.wait()
                         if self.hang_up_after is not None and len(self.body) >= self.hang_up_after:
                             self.hung_up = True
                             resp.close()  # drops the TCP connection mid-body
@@ -267,6 +284,54 @@ async def test_download_survives_client_hanging_up(
     await expect_cached(mirror, digest, data)
     assert mirror.temp_files() == []
     assert registry.count("GET", digest) == 1
+
+
+async def test_download_keeps_pace_with_a_steady_client(
+    registry: Registry, mirror_factory: MirrorFactory
+) -> None:
+    # A client slower than the upstream: the download runs at most PACE_AHEAD (32 MiB)
+    # ahead of it instead of racing to the end, so a cold pull's work is spread over the
+    # client's own transfer rather than all at its start.
+    data, digest = push_random_blob(registry, 96 * MiB, seed=1010)
+    mirror = mirror_factory(through(registry))
+    seen: dict[str, object] = {}
+
+    def at_a_sixth() -> None:
+        if "committed" not in seen and len(steady.body) >= 16 * MiB:
+            files = mirror.temp_files()
+            seen.update(
+                committed=mirror.blob_path(digest).exists(),
+                on_disk=files[0].stat().st_size if files else None,
+            )
+
+    steady = Download(blob_url(mirror, digest), rate=32 * MiB)
+    while not steady.finished:
+        at_a_sixth()
+        await asyncio.sleep(0.005)
+    await steady.result()
+    assert steady.complete_ok and bytes(steady.body) == data
+    # unpaced, the whole blob would be on disk long before the client had a sixth of it
+    assert seen["committed"] is False, seen
+    on_disk = seen["on_disk"]
+    assert isinstance(on_disk, int) and on_disk <= 16 * MiB + 32 * MiB + 16 * MiB, seen
+    await expect_cached(mirror, digest, data)
+
+
+async def test_stalled_client_never_holds_the_download(
+    registry: Registry, mirror_factory: MirrorFactory
+) -> None:
+    # A client that stops reading but keeps its connection: the download stops waiting
+    # for it (it would otherwise stall until the upstream timed out) and completes.
+    data, digest = push_random_blob(registry, 64 * MiB, seed=1011)
+    mirror = mirror_factory(through(registry))
+    resume = asyncio.Event()
+    stalled = Download(blob_url(mirror, digest), pause_after=MiB, resume=resume)
+    await until(lambda: mirror.blob_path(digest).exists(), "the blob cached meanwhile")
+    assert len(stalled.body) < len(data) and not stalled.finished
+    await expect_cached(mirror, digest, data)
+    resume.set()
+    await stalled.result()
+    assert stalled.complete_ok and bytes(stalled.body) == data
 
 
 # -- an upstream that lies or dies -----------------------------------------------------------

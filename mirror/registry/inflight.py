@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -35,6 +36,13 @@ TAIL_BYTES = 4 * 1024 * 1024
 WRITE_AHEAD = 8
 #: Blobs up to this size are written without a separate writer task.
 SMALL_BLOB = 1024 * 1024
+#: A download with readers runs at most this far ahead of the fastest one, so a cold
+#: pull does not burst: its CPU spreads over the client's own transfer (no readers, or
+#: readers stalled past PACE_PATIENCE: full speed).
+PACE_AHEAD = 32 * 1024 * 1024
+PACE_PATIENCE = 0.5
+#: The most a file reader is handed at once (its position then counts for pacing).
+SPAN_BYTES = 4 * 1024 * 1024
 #: Blobs up to this size stay in memory after their download (served with no file I/O).
 SMALL_BODY = 256 * 1024
 #: Bytes of such small blobs kept (least recently used go first).
@@ -67,6 +75,10 @@ class BlobFetch:
         self._progress = asyncio.Event()
         self._tail: deque[tuple[int, bytes]] = deque()
         self._tail_bytes = 0
+        self._positions: dict[int, int] = {}  # reader -> bytes handed to it
+        self._readers = itertools.count()
+        self._pace_waiter: asyncio.Future[None] | None = None
+        self._paced = True
         self.task: asyncio.Task[None] | None = None
 
     async def run(self, source: Source, on_commit: OnCommit) -> None:
@@ -141,6 +153,7 @@ class BlobFetch:
                 if writer.done():
                     break  # it failed: awaiting it below raises its error
                 await queue.put(chunk)
+                await self._pace()
             if not writer.done():
                 await queue.put(None)
             await writer
@@ -154,6 +167,30 @@ class BlobFetch:
         if self.written > SMALL_BODY or not self._tail or self._tail[0][0] != 0:
             return None
         return b"".join(piece for _, piece in self._tail)
+
+    async def _pace(self) -> None:
+        """Wait while the fastest reader is more than PACE_AHEAD behind."""
+        while self._paced and self._positions:
+            if self.received - max(self._positions.values()) <= PACE_AHEAD:
+                return
+            self._pace_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._pace_waiter, PACE_PATIENCE)
+            except TimeoutError:
+                self._paced = False  # readers stalled: never hold the upstream for them
+            finally:
+                self._pace_waiter = None
+
+    def _reader_at(self, reader: int, pos: int | None) -> None:
+        """A reader was handed bytes up to ``pos`` (None: it left)."""
+        if pos is None:
+            self._positions.pop(reader, None)
+        else:
+            self._positions[reader] = pos
+        waiter = self._pace_waiter
+        if waiter is not None and not waiter.done():
+            if pos is None or self.received - pos <= PACE_AHEAD:
+                waiter.set_result(None)
 
     def _take(self, chunk: bytes) -> None:
         """Account for bytes from the upstream and show them to the readers."""
@@ -228,6 +265,8 @@ class BlobFetch:
         loop = asyncio.get_running_loop()
         fd = -1  # opened only if this reader falls behind the in-memory tail
         pos = 0
+        reader = next(self._readers)
+        self._reader_at(reader, pos)
         try:
             while True:
                 if self.error is not None and not self.verified:
@@ -244,12 +283,14 @@ class BlobFetch:
                         raise errors.BlobVerificationError(str(self.digest), "file shrank")
                     pos += len(chunk)
                     yield chunk
+                    self._reader_at(reader, pos)
                     continue
                 if self.verified:
                     return
                 await self._progress.wait()
 
         finally:
+            self._reader_at(reader, None)
             if fd >= 0:
                 os.close(fd)
 
@@ -259,17 +300,27 @@ class BlobFetch:
         if self.error is not None:
             raise self.error
         pos = 0
-        while True:
-            if self.error is not None and not self.verified:
-                raise self.error
-            limit = self.written if self.verified else min(self.written, self.received - HOLDBACK)
-            if pos < limit:
-                yield pos, limit - pos
-                pos = limit
-                continue
-            if self.verified:
-                return
-            await self._progress.wait()
+        reader = next(self._readers)
+        self._reader_at(reader, pos)
+        try:
+            while True:
+                if self.error is not None and not self.verified:
+                    raise self.error
+                limit = self.written
+                if not self.verified:
+                    limit = min(limit, self.received - HOLDBACK)
+                if pos < limit:
+                    count = min(limit - pos, SPAN_BYTES)
+
+                    yield pos, count
+                    pos += count
+                    self._reader_at(reader, pos)
+                    continue
+                if self.verified:
+                    return
+                await self._progress.wait()
+        finally:
+            self._reader_at(reader, None)
 
     def open_file(self) -> int:
         """A read-only descriptor of the blob's file (temp or committed: same inode)."""

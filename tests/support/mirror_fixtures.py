@@ -21,8 +21,13 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-def mirror_factory(tmp_path: Path) -> Iterator[MirrorFactory]:
-    """``make(upstreams, **settings) -> MirrorProcess``, started; stopped at teardown."""
+def mirror_factory(tmp_path: Path, proxy_factory: Any) -> Iterator[MirrorFactory]:
+    """``make(upstreams, **settings) -> MirrorProcess``, started; stopped at teardown.
+
+    It depends on ``proxy_factory`` so that mirrors stop before the test's proxies: a
+    proxy then never shuts down under a live mirror's connections (read-ahead and retries
+    may still be talking to it)."""
+
     made: list[MirrorProcess] = []
     counter = itertools.count()
 
