@@ -46,19 +46,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
-    """uvloop when installed (`pip install mirror[speed]`) unless event_loop = "asyncio"."""
-    if choice != "asyncio":
+    """asyncio's loop (blobs go out with sendfile(2)), or uvloop when asked for: faster
+    small requests, but it has no sendfile, so blob bytes are copied (measured: warm
+    blobs 4.0 -> 3.2 GB/s, manifests +5 % requests/s)."""
+    if choice == "uvloop":
         try:
             import uvloop
         except ImportError:
-            if choice == "uvloop":
-                raise ConfigError("event_loop = 'uvloop' but uvloop is not installed") from None
-        else:
-            log.info("event=event_loop loop=uvloop")
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-
+            raise ConfigError("event_loop = 'uvloop' but uvloop is not installed") from None
+        log.info("event=event_loop loop=uvloop")
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
     return asyncio.new_event_loop()
+
 
 
 def _bind(listen: str) -> socket.socket:

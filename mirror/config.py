@@ -304,14 +304,15 @@ class Settings(BaseModel):
     log_format: str = "kv"
     max_manifest_size: Size = 4 * 1024 * 1024
     offline: bool = False
-    event_loop: str = "auto"
+    event_loop: str = "asyncio"
 
     @field_validator("event_loop")
     @classmethod
     def _event_loop(cls, value: str) -> str:
-        if value not in ("auto", "uvloop", "asyncio"):
-            raise ValueError("one of auto (uvloop if installed), uvloop, asyncio")
+        if value not in ("uvloop", "asyncio"):
+            raise ValueError("asyncio (the default) or uvloop (pip install 'mirror[speed]')")
         return value
+
 
     upstreams: list[UpstreamSettings] = Field(default_factory=lambda: [DOCKER_HUB])
     lists: list[ListSettings] = Field(default_factory=list)
