@@ -138,6 +138,18 @@ def ratios(results: Results) -> list[Ratio]:
     for other in ("reference", "nginx-cache"):
         value = _div(get("herd_s", other), get("cold_single_s", other))
         info(f"herd time / single-client time: {other}", value)
+    # The floor of any herd here: its bytes (16 clients x the blob) at the rate nginx's
+    # sendfile delivers 16 warm blobs at once -- no download at all, the machine's limit.
+    herd_bytes = (results.extras.get("herd_bytes", {}).get("all") or [None])[0]
+    rate = get("warm_aggregate_MBps", "nginx-sendfile")
+    if herd_bytes and rate:
+        floor = herd_bytes / (rate * 1e6)
+        info("herd floor: 16 clients' bytes at nginx sendfile's 16x rate (s)", floor)
+        info(
+            "herd floor / single-client time: mirror",
+            _div(floor, get("cold_single_s", "mirror")),
+            "a herd cannot beat this ratio on this machine",
+        )
 
     for figure, label, target in (
         ("manifest_tag_rps", "manifest by tag", 10.0),

@@ -521,6 +521,8 @@ def run_herd(lab: Lab, data: Dataset, plan: Plan, results: Results, workdir: Pat
     assert data.herd is not None
     blob = data.herd
     systems = list(CACHES)
+    results.extra("herd_bytes", "all", blob.size * plan.clients)
+
     for i in range(plan.runs):
         order = rotated(systems, i)
         results.order("herd", order)
