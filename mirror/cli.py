@@ -60,7 +60,6 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-
 def _bind(listen: str) -> socket.socket:
     """A listening socket for HOST:PORT (several, for views on their own ports)."""
     host, _, port = listen.rpartition(":")

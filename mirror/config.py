@@ -313,7 +313,6 @@ class Settings(BaseModel):
             raise ValueError("asyncio (the default) or uvloop (pip install 'mirror[speed]')")
         return value
 
-
     upstreams: list[UpstreamSettings] = Field(default_factory=lambda: [DOCKER_HUB])
     lists: list[ListSettings] = Field(default_factory=list)
     views: list[ViewSettings] = Field(default_factory=list)

@@ -76,6 +76,13 @@ class MetadataStore(OfflineRecords):
             self._blob_writer = asyncio.create_task(self._write_blob_batches())
         await done  # the row is written when this returns, in a batch with its neighbours
 
+    async def drain(self) -> None:
+        """Wait for the blob rows being written (at shutdown: no connection is left
+        half-used when the engine closes)."""
+        writer = self._blob_writer
+        if writer is not None and not writer.done():
+            await asyncio.wait([writer], timeout=10)
+
     async def _write_blob_batches(self) -> None:
         """Blobs finishing together share one transaction (a cold pull of many small
         layers otherwise pays a transaction per layer)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -146,9 +147,30 @@ async def _blob(request: web.Request, route: Route, reference: str) -> web.Strea
         if found.body is not None and "Range" not in request.headers:
             # A small blob still in memory: no file to open (it is on disk too).
             return web.Response(body=found.body, headers={**headers, "ETag": f'"{digest}"'})
+        if "Range" not in request.headers and _native_sendfile():
+            with contextlib.suppress(FileNotFoundError):  # gone: FileResponse answers 404
+                return await _send_whole_file(request, found, headers)
         return web.FileResponse(found.path, chunk_size=1024 * 1024, headers=headers)
-
     return await _stream(request, found, headers)
+
+
+async def _send_whole_file(
+    request: web.Request, blob: LocalBlob, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A cached blob, whole, with sendfile(2): opened right here (a local file), not
+    through FileResponse's thread hops -- 16 clients asking at once all start sooner."""
+    file = os.fdopen(os.open(blob.path, os.O_RDONLY), "rb", buffering=0)
+    with file:
+        response = web.StreamResponse(headers=headers)
+        response.content_length = blob.size
+        await response.prepare(request)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client went away")
+        if blob.size:
+            await asyncio.get_running_loop().sendfile(transport, file, 0, blob.size)
+        await response.write_eof()
+        return response
 
 
 async def _stream(

@@ -43,7 +43,10 @@ PACE_AHEAD = 32 * 1024 * 1024
 PACE_PATIENCE = 0.5
 #: The most a file reader is handed at once (its position then counts for pacing).
 SPAN_BYTES = 4 * 1024 * 1024
+#: At shutdown, how long verified downloads may take to finish their commit.
+COMMIT_GRACE = 10.0
 #: Blobs up to this size stay in memory after their download (served with no file I/O).
+
 SMALL_BODY = 256 * 1024
 #: Bytes of such small blobs kept (least recently used go first).
 RECENT_BYTES = 64 * 1024 * 1024
@@ -385,7 +388,15 @@ class InflightFetches:
             del self._fetches[fetch.digest]
 
     async def close(self) -> None:
-        """Cancel running downloads (at shutdown); their temp files are removed."""
+        """At shutdown: let verified downloads finish their commit (file renamed, row
+        written; a few seconds at most), cancel the others (their temp files go)."""
+        committing = [
+            f.task
+            for f in self._fetches.values()
+            if f.verified and f.task is not None and not f.task.done()
+        ]
+        if committing:
+            await asyncio.wait(committing, timeout=COMMIT_GRACE)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

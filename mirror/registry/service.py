@@ -210,7 +210,7 @@ async def open_registry(
         if registry is not None:
             await registry.readahead.close()
         await inflight.close()
-
+        await meta.drain()
         with contextlib.suppress(Exception):
             await meta.flush_access()
         for session in sessions.values():

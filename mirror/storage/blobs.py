@@ -196,9 +196,12 @@ class BlobStore:
         return TempBlob(self.tmp_root / name, digest)
 
     async def size(self, digest: Digest) -> int | None:
-        """The size of a committed blob, or None if it is not on disk."""
+        """The size of a committed blob, or None if it is not on disk.
+
+        A stat of a local file whose inode is cached takes microseconds: done right here,
+        it costs less than the hop to a thread and back (measured on the warm path)."""
         try:
-            return (await aiofiles.os.stat(self.path(digest))).st_size
+            return os.stat(self.path(digest)).st_size
         except FileNotFoundError:
             return None
 
