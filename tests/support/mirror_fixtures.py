@@ -50,12 +50,18 @@ def in_process_settings(data_dir: Path, upstreams: list[dict[str, Any]], **extra
 
 @pytest.fixture
 async def mirror_client(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], tmp_path: Path
+    proxy_factory: Any,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    tmp_path: Path,
 ) -> AsyncIterator[ClientFactory]:
     """``await make(upstreams, **settings) -> TestClient`` of an in-process mirror.
 
     The client's ``.app["settings"]``-free handle on the data dir is ``client.data_dir``.
+    ``proxy_factory`` comes first so that its proxies are set up before, and stopped
+    after, the mirrors (``aiohttp_client`` closes them): read-ahead and retries may still
+    be talking to a proxy when a test ends.
     """
+
     counter = itertools.count()
 
     async def make(upstreams: list[dict[str, Any]], **extra: Any) -> TestClient[Any, Any]:
