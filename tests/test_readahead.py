@@ -4,8 +4,6 @@ real docker-registry upstream; and the admission window that orders them."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -14,19 +12,12 @@ from aiohttp.test_utils import TestClient
 from mirror.registry.readahead import Window
 from tests.support import images
 from tests.support.mirror import upstream
+from tests.support.net import until
 from tests.support.registry import Registry
 from tests.test_api import ALL_ACCEPT
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-async def until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 def cached(mirror: TestClient[Any, Any], blob: images.Blob) -> bool:

@@ -21,6 +21,7 @@ import pytest
 from tests.support import images
 from tests.support.mirror import MirrorProcess, upstream
 from tests.support.mirror_fixtures import MirrorFactory
+from tests.support.net import until
 from tests.support.proxy import FaultyProxy
 from tests.support.registry import Registry
 
@@ -49,15 +50,6 @@ def blob_url(mirror: MirrorProcess, digest: str) -> str:
 
 def blob_rows(mirror: MirrorProcess, digest: str) -> list[tuple[Any, ...]]:
     return mirror.db_rows("blobs", "digest = ?", digest)
-
-
-async def until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    """Wait (without blocking the loop) until ``condition()`` holds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def wait_log(mirror: MirrorProcess, needle: str) -> str:

@@ -262,44 +262,44 @@ class BlobFetch:
             await self._progress.wait()
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
-        """The blob's bytes as they arrive, the last one only after verification."""
-        if self.error is not None:
-            raise self.error
+        """The blob's bytes as they arrive, the last one only after verification: from
+        the in-memory tail, or from the file for a reader that fell behind it."""
         loop = asyncio.get_running_loop()
         fd = -1  # opened only if this reader falls behind the in-memory tail
-        pos = 0
-        reader = next(self._readers)
-        self._reader_at(reader, pos)
         try:
-            while True:
-                if self.error is not None and not self.verified:
-                    raise self.error
-                limit = self.received if self.verified else self.received - HOLDBACK
-                if pos < limit:
-                    n = min(CHUNK_SIZE, limit - pos)
-                    chunk: bytes | memoryview | None = self._recent(pos, n)
+            async for pos, count in self._ranges(self._received_bytes, CHUNK_SIZE):
+                end = pos + count
+                while pos < end:
+                    chunk: bytes | memoryview | None = self._recent(pos, end - pos)
                     if chunk is None:
                         if fd < 0:
                             fd = self._open_file()
-                        chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
+                        chunk = await loop.run_in_executor(None, os.pread, fd, end - pos, pos)
                     if not chunk:
                         raise errors.BlobVerificationError(str(self.digest), "file shrank")
                     pos += len(chunk)
                     yield chunk
-                    self._reader_at(reader, pos)
-                    continue
-                if self.verified:
-                    return
-                await self._progress.wait()
-
         finally:
-            self._reader_at(reader, None)
             if fd >= 0:
                 os.close(fd)
 
-    async def spans(self) -> AsyncIterator[tuple[int, int]]:
+    def spans(self) -> AsyncIterator[tuple[int, int]]:
         """(offset, count) ranges of the file as they are written, for readers that
         send from the file itself (sendfile): the last byte only after verification."""
+        return self._ranges(self._written_bytes, SPAN_BYTES)
+
+    def _received_bytes(self) -> int:
+        return self.received
+
+    def _written_bytes(self) -> int:
+        return self.written
+
+    async def _ranges(
+        self, available: Callable[[], int], most: int
+    ) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) of what one reader may have next, as ``available()`` grows,
+        the last byte held back until verification; the reader's position counts for
+        pacing while it reads."""
         if self.error is not None:
             raise self.error
         pos = 0
@@ -309,12 +309,11 @@ class BlobFetch:
             while True:
                 if self.error is not None and not self.verified:
                     raise self.error
-                limit = self.written
+                limit = available()
                 if not self.verified:
                     limit = min(limit, self.received - HOLDBACK)
                 if pos < limit:
-                    count = min(limit - pos, SPAN_BYTES)
-
+                    count = min(limit - pos, most)
                     yield pos, count
                     pos += count
                     self._reader_at(reader, pos)

@@ -65,6 +65,15 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
+async def until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    """Wait (without blocking the event loop) until ``condition()`` holds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for: {what}")
+        await asyncio.sleep(0.01)
+
+
 class ThreadedAiohttpServer:
     """An aiohttp application served from a background thread with its own event loop.
 
