@@ -10,40 +10,13 @@ seen promptly. Serving a hit then costs no DB round trip at all.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Hashable, Iterable
-from typing import Generic, TypeVar
+from collections.abc import Iterable
 
 from mirror.db.store import ManifestEntry, MetadataStore, TagEntry
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
+from mirror.lru import LRU
 
 #: How long a tag answer read from the DB is reused without reading it again.
 TAG_MEMO_SECONDS = 1.0
-
-
-class LRU(Generic[K, V]):
-    """A bounded mapping that forgets the least recently used entries."""
-
-    def __init__(self, size: int) -> None:
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._size = size
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._items.pop(key, None)
 
 
 class CachedMetadataStore(MetadataStore):

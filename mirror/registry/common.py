@@ -9,9 +9,9 @@ from typing import Generic, TypeVar
 
 from mirror.config import Settings
 from mirror.db.store import MetadataStore
+from mirror.lru import LRU
 from mirror.policy import Route
 from mirror.registry.inflight import InflightFetches
-from mirror.registry.lru import MemoryLRU
 from mirror.storage.blobs import BlobStore
 from mirror.upstream.client import UpstreamRegistry
 
@@ -45,7 +45,7 @@ class Services:
     meta: MetadataStore
     upstreams: dict[str, UpstreamRegistry]
     inflight: InflightFetches
-    memory: MemoryLRU  # manifests
+    memory: LRU[str, bytes]  # manifest bytes by digest
 
     #: (registry, repository) of a synthesized list -> the routes of its sources
     aliases: dict[tuple[str, str], list[Route]] = field(default_factory=dict)

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mirror import errors
+from mirror.lru import LRU
 from mirror.reference import Digest
-from mirror.registry.lru import MemoryLRU
 from mirror.storage.blobs import CHUNK_SIZE, BlobStore, TempBlob
 
 log = logging.getLogger("mirror.inflight")
@@ -273,7 +273,7 @@ class BlobFetch:
                     chunk: bytes | memoryview | None = self._recent(pos, end - pos)
                     if chunk is None:
                         if fd < 0:
-                            fd = self._open_file()
+                            fd = self.open_file()
                         chunk = await loop.run_in_executor(None, os.pread, fd, end - pos, pos)
                     if not chunk:
                         raise errors.BlobVerificationError(str(self.digest), "file shrank")
@@ -327,19 +327,15 @@ class BlobFetch:
     def open_file(self) -> int:
         """A read-only descriptor of the blob's file (temp or committed: same inode)."""
         try:
-            return self._open_file()
-        except FileNotFoundError:
-            if self.error is not None:
-                raise self.error from None
-            raise
-
-    def _open_file(self) -> int:
-
-        try:
             return os.open(self._temp.path, os.O_RDONLY)
         except FileNotFoundError:
-            # Committed meanwhile: the same inode now lives at the final path.
+            pass  # committed meanwhile: the same inode now lives at the final path
+        try:
             return os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if self.error is not None:  # discarded: the fetch failed
+                raise self.error from None
+            raise
 
 
 class InflightFetches:
@@ -348,7 +344,7 @@ class InflightFetches:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
         #: Small blobs downloaded lately, by digest: served from memory.
-        self.recent = MemoryLRU(RECENT_BYTES)
+        self.recent: LRU[str, bytes] = LRU(RECENT_BYTES, weigh=len)
         self._fetches: dict[Digest, BlobFetch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 
 from mirror import manifest
+from mirror.lru import LRU
 from mirror.mediatypes import IMAGE_TYPES
 from mirror.policy import Route
 from mirror.reference import parse_digest
@@ -47,7 +48,7 @@ class Readahead:
         self._s = services
         self._blobs = blobs
         self._window = Window(CONCURRENCY, WINDOW)
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._seen: LRU[tuple[str, str, str], bool] = LRU(REMEMBERED)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def schedule(self, route: Route, found: Manifest) -> None:
@@ -57,12 +58,9 @@ class Readahead:
         if self._s.upstream(route).offline:
             return
         key = (route.registry, route.repository, found.digest)
-        if key in self._seen:
-            self._seen.move_to_end(key)
+        if self._seen.get(key):
             return
-        self._seen[key] = None
-        if len(self._seen) > REMEMBERED:
-            self._seen.popitem(last=False)
+        self._seen.put(key, True)
         blobs = manifest.blob_sizes(found.body)
         if not blobs:
             return

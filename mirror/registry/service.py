@@ -13,13 +13,13 @@ from mirror.db.memo import CachedMetadataStore
 from mirror.db.session import create_engine, upgrade
 from mirror.db.store import MetadataStore
 from mirror.errors import ConfigError
+from mirror.lru import LRU
 from mirror.mediatypes import MANIFEST_TYPES
 from mirror.policy import Route, Router
 from mirror.reference import is_digest, parse_digest
 from mirror.registry.blobs import ProxyBlobs
 from mirror.registry.common import Services
 from mirror.registry.inflight import InflightFetches
-from mirror.registry.lru import MemoryLRU
 from mirror.registry.manifests import Manifest, ProxyManifests
 from mirror.registry.platforms import PlatformIndex, PlatformViews
 from mirror.registry.readahead import Readahead
@@ -30,6 +30,8 @@ from mirror.upstream.client import UpstreamRegistry, new_session
 
 log = logging.getLogger("mirror.registry")
 
+#: Bytes of manifests kept in memory in front of the disk.
+MANIFEST_MEMORY = 32 * 1024 * 1024
 #: How often counted hits are written to the database.
 ACCESS_FLUSH_SECONDS = 5.0
 #: How often lists created from the command line are picked up.
@@ -192,7 +194,9 @@ async def open_registry(
             for u in settings.upstreams
         }
 
-        services = Services(settings, store, meta, upstreams, inflight, MemoryLRU())
+        services = Services(
+            settings, store, meta, upstreams, inflight, LRU(MANIFEST_MEMORY, weigh=len)
+        )
         registry = Registry(services)
         await registry.lists.refresh()
         if check_lists:
