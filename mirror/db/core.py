@@ -11,6 +11,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from mirror.db.models import RepositoryLink
 from mirror.db.session import sessionmaker
+from mirror.platforms import Platform
+
+
+def platform_row(digest: str, platform: Platform, source: str) -> dict[str, Any]:
+    """The manifest_platforms row of one (digest, platform, source) fact."""
+    return dict(
+        digest=digest,
+        os=platform.os,
+        architecture=platform.architecture,
+        variant=platform.variant,
+        os_version=platform.os_version,
+        features=",".join(platform.features),
+        source=source,
+    )
 
 
 class StoreCore:

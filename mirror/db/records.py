@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from mirror.db.core import StoreCore
+from mirror.db.core import StoreCore, platform_row
 from mirror.db.models import (
     BlobRow,
     ManifestPlatform,
@@ -121,18 +121,7 @@ class OfflineRecords(StoreCore):
         links = [(d, "blob") for d, _, _ in image.blobs]
         for digest, _, _, children in image.manifests:
             links += [(digest, "manifest"), *children]
-        platforms = [
-            dict(
-                digest=d,
-                os=p.os,
-                architecture=p.architecture,
-                variant=p.variant,
-                os_version=p.os_version,
-                features=",".join(p.features),
-                source=src,
-            )
-            for d, p, src in image.platforms
-        ]
+        platforms = [platform_row(d, p, src) for d, p, src in image.platforms]
         async with self._sessions.begin() as s:
             for table, rows in (
                 (BlobRow, blob_rows),

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from mirror.db.core import platform_row
 from mirror.db.models import (
     BlobRow,
     ManifestPlatform,
@@ -287,18 +288,7 @@ class MetadataStore(OfflineRecords):
 
     async def put_platforms(self, items: Iterable[tuple[str, Platform, str]]) -> None:
         """Record (digest, platform, source) facts; an index entry wins over a config."""
-        rows = [
-            dict(
-                digest=d,
-                os=p.os,
-                architecture=p.architecture,
-                variant=p.variant,
-                os_version=p.os_version,
-                features=",".join(p.features),
-                source=src,
-            )
-            for d, p, src in items
-        ]
+        rows = [platform_row(d, p, src) for d, p, src in items]
         if not rows:
             return
         async with self._sessions.begin() as s:
