@@ -9,6 +9,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -164,11 +165,8 @@ async def _send_whole_file(
         response = web.StreamResponse(headers=headers)
         response.content_length = blob.size
         await response.prepare(request)
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client went away")
         if blob.size:
-            await asyncio.get_running_loop().sendfile(transport, file, 0, blob.size)
+            await _sendfile(request, file, 0, blob.size)
         await response.write_eof()
         return response
 
@@ -206,19 +204,23 @@ def _native_sendfile() -> bool:
 async def _send_growing_file(request: web.Request, blob: StreamingBlob) -> None:
     """Send a download from its file as it is written, with sendfile(2): the kernel moves
     the bytes, the event loop only hands over ranges (and followers cost no copies)."""
-    loop = asyncio.get_running_loop()
     file = None  # opened at the first bytes written (the download creates the file)
     try:
         async for offset, count in blob.fetch.spans():
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("client went away")
             if file is None:
                 file = os.fdopen(blob.fetch.open_file(), "rb", buffering=0)
-            await loop.sendfile(transport, file, offset, count)
+            await _sendfile(request, file, offset, count)
     finally:
         if file is not None:
             file.close()
+
+
+async def _sendfile(request: web.Request, file: BinaryIO, offset: int, count: int) -> None:
+    """sendfile(2) ``count`` bytes at ``offset`` to the client, if it is still there."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    await asyncio.get_running_loop().sendfile(transport, file, offset, count)
 
 
 async def _tags(request: web.Request, route: Route) -> web.Response:

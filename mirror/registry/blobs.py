@@ -116,11 +116,10 @@ class ProxyBlobs:
         this call started the download (read-ahead)."""
         if self._s.inflight.get(digest) is not None:
             return False
-        if await self._s.store.size(digest) is not None:
-            if await self._s.meta.blob_size(str(digest)) is not None:
-                return False
-        if self._s.inflight.get(digest) is not None:
+        if await self._cached_size(route, digest) is not None:
             return False
+        if self._s.inflight.get(digest) is not None:
+            return False  # started meanwhile (by a client): not this call's
         found = await self.get(route, digest)
         if isinstance(found, LocalBlob):
             return False
