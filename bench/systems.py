@@ -139,7 +139,23 @@ class _RegistryProcess(Registry):
         return json.dumps(config, indent=2) + "\n"
 
 
-class Upstream(System):
+class _RegistrySystem(System):
+    """A system that is one docker-registry process (``self.registry``)."""
+
+    registry: _RegistryProcess
+
+    def start(self) -> None:
+        self.registry.start(START_TIMEOUT)
+
+    def stop(self) -> None:
+        self.registry.stop(STOP_TIMEOUT)
+
+    def pid(self) -> int | None:
+        proc = self.registry._proc
+        return proc.pid if proc is not None else None
+
+
+class Upstream(_RegistrySystem):
     """The origin registry; as a system (``direct``) it is what cold pulls are divided by."""
 
     name = "direct"
@@ -154,16 +170,6 @@ class Upstream(System):
         """The registry's filesystem storage root."""
         return self.registry.storage_dir
 
-    def start(self) -> None:
-        self.registry.start(START_TIMEOUT)
-
-    def stop(self) -> None:
-        self.registry.stop(STOP_TIMEOUT)
-
-    def pid(self) -> int | None:
-        proc = self.registry._proc
-        return proc.pid if proc is not None else None
-
     def reset(self) -> None:
         """The upstream is never emptied."""
 
@@ -176,7 +182,7 @@ class Upstream(System):
         return self.registry.count(method, path_contains)
 
 
-class ReferenceProxy(System):
+class ReferenceProxy(_RegistrySystem):
     """distribution 2.8 as a pull-through cache (``proxy: remoteurl``)."""
 
     name = "reference"
@@ -186,16 +192,6 @@ class ReferenceProxy(System):
         super().__init__(root)
         self.upstream = upstream
         self.registry = _RegistryProcess(root, port=self.port, remote_url=upstream.url)
-
-    def start(self) -> None:
-        self.registry.start(START_TIMEOUT)
-
-    def stop(self) -> None:
-        self.registry.stop(STOP_TIMEOUT)
-
-    def pid(self) -> int | None:
-        proc = self.registry._proc
-        return proc.pid if proc is not None else None
 
     def wipe(self) -> None:
         shutil.rmtree(self.registry.storage_dir, ignore_errors=True)
