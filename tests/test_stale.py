@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
+from mirror.http.keys import REGISTRY
 from tests.support import images
 from tests.support.mirror import upstream
 from tests.support.proxy import FaultyProxy
@@ -137,3 +139,53 @@ async def test_concurrent_tag_requests_share_one_upstream_request(
     for resp in responses:
         assert await resp.read() == image.manifest
     assert reg.count("GET", "/v2/team/app/manifests/v1") == 1
+
+
+def _hold_first_lookup(monkeypatch: Any, obj: Any, name: str, key: str) -> Any:
+    """Make the first look-up of ``key`` by ``obj.name`` answer what it read only once
+    ``release`` is set: the interleaving where a request looks the cache up, another
+    request's flight fetches and stores the manifest and ends, and only then does the first
+    request go on to join a flight (the race CI once hit, now forced every run)."""
+    real = getattr(obj, name)
+    started, release = asyncio.Event(), asyncio.Event()
+    held = False
+
+    async def lookup(*args: Any) -> Any:
+        nonlocal held
+        answer = await real(*args)
+        if key in args and not held:
+            held = True
+            started.set()
+            await release.wait()
+        return answer
+
+    monkeypatch.setattr(obj, name, lookup)
+    return started, release
+
+
+@pytest.mark.parametrize("by", ["tag", "digest"])
+async def test_a_flight_that_ended_during_a_lookup_is_not_repeated(
+    mirror_client: Any, registry_factory: Any, monkeypatch: Any, by: str
+) -> None:
+    reg = registry_factory()
+    image = images.build_image("linux/arm64", rng=76, layers=1, layer_size=1024)
+    images.push(reg.url, "team/app", "v1", image)
+    mirror: TestClient[Any, Any] = await mirror_client(
+        [upstream("docker.io", reg.url, default=True)]
+    )
+    reference = "v1" if by == "tag" else image.manifest_digest
+    meta = mirror.app[REGISTRY].services.meta
+    started, release = _hold_first_lookup(
+        monkeypatch, meta, "tag" if by == "tag" else "manifest", reference
+    )
+    reg.reset_counts()
+    path = f"/v2/team/app/manifests/{reference}"
+    first = asyncio.create_task(mirror.get(path))
+    await asyncio.wait_for(started.wait(), 10)
+    second = await mirror.get(path)  # fetches, stores and ends its flight
+    assert await second.read() == image.manifest
+    release.set()
+    resp = await first
+    assert resp.status == 200
+    assert await resp.read() == image.manifest
+    assert reg.count("GET", f"/v2/team/app/manifests/{reference}") == 1

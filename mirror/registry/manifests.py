@@ -84,6 +84,14 @@ class ProxyManifests:
         return Manifest(body, media_type, key)
 
     async def _fetch_digest(self, route: Route, digest: Digest) -> Manifest:
+        # Checked again inside the flight: a flight that ended between the caller's
+        # look-up and its joining has already stored it (one upstream GET, not two).
+        key = str(digest)
+        entry = await self._s.meta.manifest(key)
+        body = await self._load(key) if entry is not None else None
+        if entry is not None and body is not None:
+            stats.set_cache("hit")
+            return Manifest(body, entry.media_type, key)
         fetched = await self._s.upstream(route).get_manifest(
             route.repository, str(digest), MANIFEST_TYPES, self._s.settings.max_manifest_size
         )
@@ -101,8 +109,20 @@ class ProxyManifests:
 
     async def _by_tag(self, route: Route, tag: str, accept: tuple[str, ...]) -> Manifest:
         akey = accept_key(accept)
-        entry = await self._s.meta.tag(route.registry, route.repository, tag, akey)
         offline = self._s.upstream(route).offline
+        _, found = await self._fresh_tag(route, tag, akey, offline)
+        if found is not None:
+            return found
+        if offline:
+            raise await self.offline_error(route, f"tag {tag}")
+        flight_key = ("tag", route.registry, route.repository, tag, akey)
+        return await self._flight.run(flight_key, lambda: self._refresh_tag(route, tag, accept))
+
+    async def _fresh_tag(
+        self, route: Route, tag: str, akey: str, offline: bool
+    ) -> tuple[TagEntry | None, Manifest | None]:
+        """The tag's cache entry, and its manifest when it may be served without asking."""
+        entry = await self._s.meta.tag(route.registry, route.repository, tag, akey)
         if entry is None and offline:
             # Offline (e.g. content imported from a bundle): any answer known for the tag.
             entry = await self._s.meta.any_tag(route.registry, route.repository, tag)
@@ -113,20 +133,19 @@ class ProxyManifests:
             if body is not None:
                 stats.set_cache("hit")
                 self._s.meta.record_access("manifest", entry.digest)
-                return Manifest(body, entry.media_type, entry.digest)
-        if offline:
-            raise await self.offline_error(route, f"tag {tag}")
-        flight_key = ("tag", route.registry, route.repository, tag, akey)
-        return await self._flight.run(
-            flight_key, lambda: self._refresh_tag(route, tag, accept, entry)
-        )
+                return entry, Manifest(body, entry.media_type, entry.digest)
+        return entry, None
 
-    async def _refresh_tag(
-        self, route: Route, tag: str, accept: tuple[str, ...], entry: TagEntry | None
-    ) -> Manifest:
+    async def _refresh_tag(self, route: Route, tag: str, accept: tuple[str, ...]) -> Manifest:
         upstream = self._s.upstream(route)
         akey = accept_key(accept)
+        # Looked up again inside the flight: a flight that ended between the caller's
+        # look-up and its joining has already refreshed the tag (one upstream GET, not two).
+        entry, found = await self._fresh_tag(route, tag, akey, offline=False)
+        if found is not None:
+            return found
         cached = await self._load(entry.digest) if entry else None
+
         try:
             if entry is not None and cached is not None:
                 head = await upstream.head_manifest(route.repository, tag, accept)
