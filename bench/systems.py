@@ -469,10 +469,13 @@ class Lab:
     def isolate(self, name: str, settle: float = 0.3) -> None:
         """Stop every system but ``name`` and the upstream, so that no background work of
         another cache (distribution's proxy finishes its own store download after the
-        client is served) competes for the CPU or shows up in the upstream's counts."""
+        client is served) competes for the CPU or shows up in the upstream's counts; and
+        write back every dirty page (a cache's files, a client's output) so that no run pays
+        for an earlier run's disk writes."""
         for other, system in self._systems.items():
             if other not in (name, "direct"):
                 system.stop()
+        os.sync()
         time.sleep(settle)
 
     def stop_all(self) -> None:
