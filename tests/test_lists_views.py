@@ -353,18 +353,24 @@ async def test_list_cli_creates_and_inspects_beside_a_running_daemon(world: Worl
         status, _, body = await fetch(f"{world.mirror.url}/v2/team/cli/blobs/{blob.digest}")
         assert status == 200 and body == blob.data
 
-    inspected = await mirror_cli(
-        "list",
-        "inspect",
-        "--config",
-        config,
-        "team/cli:v1",
-        "--json",
-    )
-    assert inspected.returncode == 0, inspected.stderr
-    report = json.loads(inspected.stdout)
+    deadline = time.monotonic() + 10
+    while True:  # the daemon commits downloads at the next lull (about a second)
+        inspected = await mirror_cli(
+            "list",
+            "inspect",
+            "--config",
+            config,
+            "team/cli:v1",
+            "--json",
+        )
+        assert inspected.returncode == 0, inspected.stderr
+        report = json.loads(inspected.stdout)
+        cached = {p["platform"]: p["cached"] for p in report["platforms"]}
+        if cached.get("linux/amd64") == "complete" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
     assert report["synthesized"] and report["digest"] == headers["Docker-Content-Digest"]
-    assert {p["platform"]: p["cached"] for p in report["platforms"]} == {
+    assert cached == {
         "linux/arm/v7": "partial",  # its manifest is cached, its layers not
         "linux/amd64": "complete",
     }

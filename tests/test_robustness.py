@@ -423,6 +423,88 @@ async def test_kill9_mid_download_leaves_no_trace_after_restart(
     await expect_cached(mirror, digest, data)
 
 
+def fast_and_slow(registry: Registry, proxy: FaultyProxy) -> list[dict[str, Any]]:
+    """The registry twice: as the default upstream, and as ``slow.example`` (``?ns=``)
+    through the proxy, which a test may throttle to keep a download receiving."""
+    return [
+        upstream("docker.io", registry.url, default=True),
+        upstream("slow.example", proxy.url),
+    ]
+
+
+async def slow_download(mirror: MirrorProcess, proxy: FaultyProxy, digest: str) -> Download:
+    """A download through the throttled proxy, once it is receiving: while it runs the
+    mirror is not quiet, so verified downloads wait with their commit."""
+    proxy.throttle_bytes_per_sec = 1 * MiB
+    download = Download(blob_url(mirror, digest) + "?ns=slow.example")
+    await until(lambda: len(download.body) > 0, "the slow download receiving")
+    return download
+
+
+async def test_verified_blob_is_served_at_once_and_committed_at_the_next_lull(
+    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory
+) -> None:
+    fast, fast_digest = push_random_blob(registry, 4 * MiB, seed=1010)
+    slow, slow_digest = push_random_blob(registry, 5 * MiB, seed=1011)
+    mirror = mirror_factory(fast_and_slow(registry, proxy))
+    other = await slow_download(mirror, proxy, slow_digest)
+
+    first = await Download(blob_url(mirror, fast_digest)).result()
+    assert first.complete_ok and bytes(first.body) == fast
+    # Verified and served; its commit (fsync, rename, row) waits while a download receives.
+    assert_not_cached(mirror, fast_digest)
+    assert len(mirror.temp_files()) == 2
+    registry.reset_counts()
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
+        async with session.head(blob_url(mirror, fast_digest)) as head:
+            assert head.status == 200
+            assert head.headers["Content-Length"] == str(len(fast))
+            assert head.headers["Docker-Content-Digest"] == fast_digest
+    again = await Download(blob_url(mirror, fast_digest)).result()
+    assert again.complete_ok and bytes(again.body) == fast
+    assert registry.count("HEAD", fast_digest) + registry.count("GET", fast_digest) == 0
+    assert_not_cached(mirror, fast_digest)
+
+    # A Range request needs the committed file: it is committed at once, not at the lull.
+    ranged = await Download(
+        blob_url(mirror, fast_digest), headers={"Range": "bytes=100-199"}
+    ).result()
+    assert ranged.status == 206 and bytes(ranged.body) == fast[100:200]
+    assert mirror.blob_path(fast_digest).read_bytes() == fast
+    await expect_cached(mirror, fast_digest, fast)
+    assert not other.finished, "the slow download ended early: the mirror was quiet"
+
+    # The slow download ends; its own commit follows at the lull, with no client asking.
+    await other.result()
+    assert other.complete_ok and bytes(other.body) == slow
+    await expect_cached(mirror, slow_digest, slow)
+    assert mirror.temp_files() == []
+
+
+async def test_kill9_before_a_deferred_commit_loses_only_that_download(
+    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory
+) -> None:
+    fast, fast_digest = push_random_blob(registry, 2 * MiB, seed=1012)
+    _, slow_digest = push_random_blob(registry, 5 * MiB, seed=1013)
+    mirror = mirror_factory(fast_and_slow(registry, proxy))
+    other = await slow_download(mirror, proxy, slow_digest)
+    first = await Download(blob_url(mirror, fast_digest)).result()
+    assert first.complete_ok and bytes(first.body) == fast
+    assert_not_cached(mirror, fast_digest)  # verified, its commit waiting for the lull
+
+    mirror.kill9()
+    await other.result()
+    proxy.throttle_bytes_per_sec = None
+    mirror.start()  # same data dir, same port
+    assert "event=reconciled temp_removed=2 " in mirror.log()
+    assert_not_cached(mirror, fast_digest)
+    registry.reset_counts()
+    again = await Download(blob_url(mirror, fast_digest)).result()
+    assert again.complete_ok and bytes(again.body) == fast
+    assert registry.count("GET", fast_digest) == 1  # fetched again, never served half
+    await expect_cached(mirror, fast_digest, fast)
+
+
 async def test_restart_forgets_rows_of_deleted_files(
     registry: Registry, mirror_factory: MirrorFactory
 ) -> None:

@@ -64,7 +64,14 @@ class ProxyBlobs:
 
     async def head(self, route: Route, digest: Digest) -> int | None:
         """The size of a blob (from cache, or the upstream's HEAD); never downloads."""
+        fetch = self._s.inflight.get(digest)
+        if fetch is not None and fetch.verified:  # downloaded, its commit pending
+            if fetch.key != (route.registry, route.repository):
+                await self._confirm(route, digest)
+            stats.set_cache("hit")
+            return fetch.size
         size = await self._cached_size(route, digest)
+
         if size is not None:
             stats.set_cache("hit")
             return size

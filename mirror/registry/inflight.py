@@ -45,6 +45,14 @@ PACE_PATIENCE = 0.5
 SPAN_BYTES = 4 * 1024 * 1024
 #: At shutdown, how long verified downloads may take to finish their commit.
 COMMIT_GRACE = 10.0
+#: A verified download's commit (fsync, rename, row) waits for a lull: no download of
+#: this mirror received a byte for COMMIT_QUIET seconds, or COMMIT_DEFER seconds passed,
+#: or someone needs the committed file (wait_done: a Range request, a bundle export, a
+#: prefetch, shutdown). Until then readers are served from the complete temp file.
+#: Writing the disk while a client pulls stalls the client's own writes and fsyncs (a
+#: cold pull of 320 MiB here: 1.13 x direct with the fsync at once, 1.05 x deferred).
+COMMIT_QUIET = 1.0
+COMMIT_DEFER = 10.0
 #: Blobs up to this size stay in memory after their download (served with no file I/O).
 
 SMALL_BODY = 256 * 1024
@@ -58,10 +66,38 @@ Source = Callable[[], Any]
 OnCommit = Callable[[int], Awaitable[None]]
 
 
+class Activity:
+    """When a download of this mirror last received bytes (commits wait for a lull)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    async def lull(self, urgent: asyncio.Event) -> None:
+        """Wait for COMMIT_QUIET seconds with no bytes received, at most COMMIT_DEFER
+        seconds, and not at all once ``urgent`` is set."""
+        deadline = time.monotonic() + COMMIT_DEFER
+        while not urgent.is_set():
+            now = time.monotonic()
+            idle = now - self.last
+            if idle >= COMMIT_QUIET or now >= deadline:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(urgent.wait(), min(COMMIT_QUIET - idle, deadline - now))
+
+
 class BlobFetch:
     """A download of one blob from one upstream into the store."""
 
-    def __init__(self, digest: Digest, store: BlobStore, key: tuple[str, str]) -> None:
+    def __init__(
+        self,
+        digest: Digest,
+        store: BlobStore,
+        key: tuple[str, str],
+        activity: Activity | None = None,
+    ) -> None:
         self.digest = digest
         self.key = key  # (upstream, repository) the download was made for
         self.size: int | None = None
@@ -82,6 +118,8 @@ class BlobFetch:
         self._readers = itertools.count()
         self._pace_waiter: asyncio.Future[None] | None = None
         self._paced = True
+        self._activity = activity or Activity()
+        self._urgent = asyncio.Event()  # the committed file is wanted now
         self.task: asyncio.Task[None] | None = None
 
     async def run(self, source: Source, on_commit: OnCommit) -> None:
@@ -95,12 +133,15 @@ class BlobFetch:
             reason = self._temp.mismatch(self.size)
             if reason is not None:
                 raise errors.BlobVerificationError(str(self.digest), reason)
-            # Verified: readers may send the last bytes now; fsync, rename and the
-            # metadata row follow without holding any client back.
+            # Verified: readers may send the last bytes now (from the temp file); fsync,
+            # rename and the metadata row follow at the next lull, holding no client back.
             self.size = self.written
             self.verified = True
             self.body = self._small_body()
+            self._tail.clear()  # readers still here read the file (page cache)
+            self._tail_bytes = 0
             self._wake()
+            await self._activity.lull(self._urgent)
             await self._temp.commit(self.path, self.size)
             await on_commit(self.written)
             self.done = True
@@ -199,6 +240,7 @@ class BlobFetch:
         """Account for bytes from the upstream and show them to the readers."""
         self._remember(self.received, chunk)
         self.received += len(chunk)
+        self._activity.touch()
         if self.size is not None and self.received > self.size:
             raise errors.BlobVerificationError(
                 str(self.digest), f"upstream sent more than its {self.size} bytes"
@@ -238,7 +280,12 @@ class BlobFetch:
                 return memoryview(piece)[start : start + n]
         return None
 
+    def commit_now(self) -> None:
+        """Commit a verified download without waiting for a lull."""
+        self._urgent.set()
+
     def _wake(self) -> None:
+
         event, self._progress = self._progress, asyncio.Event()
         event.set()
 
@@ -255,7 +302,9 @@ class BlobFetch:
             await self._progress.wait()
 
     async def wait_done(self) -> None:
-        """Wait until the blob is committed; raise the fetch's error if it failed."""
+        """Wait until the blob is committed (at once: no waiting for a lull); raise the
+        fetch's error if it failed."""
+        self._urgent.set()
         while not self.done:
             if self.error is not None:
                 raise self.error
@@ -346,6 +395,7 @@ class InflightFetches:
         #: Small blobs downloaded lately, by digest: served from memory.
         self.recent: LRU[str, bytes] = LRU(RECENT_BYTES, weigh=len)
         self._fetches: dict[Digest, BlobFetch] = {}
+        self._activity = Activity()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, digest: Digest) -> BlobFetch | None:
@@ -359,7 +409,7 @@ class InflightFetches:
         self, digest: Digest, key: tuple[str, str], source: Source, on_commit: OnCommit
     ) -> BlobFetch:
         """Start the one download of ``digest`` (detached from any request)."""
-        fetch = BlobFetch(digest, self._store, key)
+        fetch = BlobFetch(digest, self._store, key, self._activity)
         self._fetches[digest] = fetch
         task = asyncio.create_task(self._run(fetch, source, on_commit), name=f"fetch {digest}")
         fetch.task = task
@@ -385,11 +435,11 @@ class InflightFetches:
     async def close(self) -> None:
         """At shutdown: let verified downloads finish their commit (file renamed, row
         written; a few seconds at most), cancel the others (their temp files go)."""
-        committing = [
-            f.task
-            for f in self._fetches.values()
-            if f.verified and f.task is not None and not f.task.done()
-        ]
+        committing = []
+        for f in self._fetches.values():
+            if f.verified and f.task is not None and not f.task.done():
+                f.commit_now()
+                committing.append(f.task)
         if committing:
             await asyncio.wait(committing, timeout=COMMIT_GRACE)
         for task in list(self._tasks):

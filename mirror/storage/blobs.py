@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,31 +26,10 @@ log = logging.getLogger("mirror.storage")
 
 #: Size of the reads and writes the store does at once.
 CHUNK_SIZE = 1024 * 1024
-#: Written bytes handed to the kernel's writeback at a time, while a blob downloads: the
-#: disk is written as the bytes come (not in one burst at the final fsync, which would
-#: stall every other fsync on the disk, a client's included), and that fsync is short.
-WRITEBACK_BYTES = 8 * 1024 * 1024
 #: Niceness of the threads that hash, write and fsync blobs: bulk work, which yields the
 #: CPU to the event loop (requests) and to other programs on the host (a client pulling
 #: from this mirror, say) when they compete. Measured: see README, "Speed".
 BULK_NICE = 10
-
-
-def _start_writeback() -> Callable[[int, int, int], object] | None:
-    """libc's sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE), where there is one
-    (Linux; elsewhere the final fsync does all the writing)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return lambda fd, offset, count: call(fd, offset, count, _SYNC_FILE_RANGE_WRITE)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-_writeback = _start_writeback()
 
 
 def _lower_priority() -> None:
@@ -75,7 +52,6 @@ class TempBlob:
         self._hash = digest.hasher()
         self._fd = -1  # created by the first write, off the event loop
         self._closed = False
-        self._queued = 0  # bytes handed to writeback so far
 
     async def write(self, chunk: bytes) -> None:
         """Append bytes (hashing and writing off the event loop, in one hop)."""
@@ -94,10 +70,6 @@ class TempBlob:
         view = memoryview(chunk)
         while view:
             view = view[os.write(self._fd, view) :]
-        end = self.written + len(chunk)  # self.written counts up after this hop
-        if _writeback is not None and end - self._queued >= WRITEBACK_BYTES:
-            _writeback(self._fd, self._queued, end - self._queued)
-            self._queued = end
 
     def mismatch(self, expected_size: int | None) -> str | None:
         """Why the bytes written so far are not the blob (None: they are), no I/O."""
