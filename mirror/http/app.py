@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from mirror.config import Settings
-from mirror.http.keys import PORT_VIEWS, REGISTRY, SETTINGS
+from mirror.http.keys import PORT_VIEWS, REGISTRY, SENDER, SETTINGS
 from mirror.http.middleware import errors_middleware
 from mirror.http.routes import add_routes
+from mirror.http.sendfile import ThreadedSendfile
 from mirror.registry.service import open_registry
 
 
@@ -23,7 +24,11 @@ def create_app(settings: Settings) -> web.Application:
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_registry(settings) as registry:
             app[REGISTRY] = registry
-            yield
+            app[SENDER] = sender = ThreadedSendfile()
+            try:
+                yield
+            finally:
+                await sender.close()
 
     app.cleanup_ctx.append(registry_ctx)
     return app

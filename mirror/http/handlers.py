@@ -14,7 +14,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from mirror import errors
-from mirror.http.keys import PORT_VIEWS, REGISTRY
+from mirror.http.keys import PORT_VIEWS, REGISTRY, SENDER
 from mirror.http.middleware import API_VERSION
 from mirror.mediatypes import OCI_INDEX, OCTET_STREAM, accepted_manifest_types
 from mirror.policy import Route
@@ -159,15 +159,19 @@ async def _send_whole_file(
     request: web.Request, blob: LocalBlob, headers: dict[str, str]
 ) -> web.StreamResponse:
     """A cached blob, whole, with sendfile(2): opened right here (a local file), not
-    through FileResponse's thread hops -- 16 clients asking at once all start sooner."""
+    through FileResponse's thread hops -- 16 clients asking at once all start sooner --
+    and sent from a worker thread (see mirror/http/sendfile.py), else by the loop."""
+
     file = os.fdopen(os.open(blob.path, os.O_RDONLY), "rb", buffering=0)
     with file:
         response = web.StreamResponse(headers=headers)
         response.content_length = blob.size
         await response.prepare(request)
-        if blob.size:
+        sender = request.app[SENDER]
+        if blob.size and not await sender.send(request.transport, file.fileno(), 0, blob.size):
             await _sendfile(request, file, 0, blob.size)
         await response.write_eof()
+
         return response
 
 
