@@ -161,7 +161,6 @@ async def _send_whole_file(
     """A cached blob, whole, with sendfile(2): opened right here (a local file), not
     through FileResponse's thread hops -- 16 clients asking at once all start sooner --
     and sent from a worker thread (see mirror/http/sendfile.py), else by the loop."""
-
     file = os.fdopen(os.open(blob.path, os.O_RDONLY), "rb", buffering=0)
     with file:
         response = web.StreamResponse(headers=headers)
@@ -171,7 +170,6 @@ async def _send_whole_file(
         if blob.size and not await sender.send(request.transport, file.fileno(), 0, blob.size):
             await _sendfile(request, file, 0, blob.size)
         await response.write_eof()
-
         return response
 
 

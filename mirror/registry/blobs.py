@@ -71,7 +71,6 @@ class ProxyBlobs:
             stats.set_cache("hit")
             return fetch.size
         size = await self._cached_size(route, digest)
-
         if size is not None:
             stats.set_cache("hit")
             return size
@@ -168,7 +167,6 @@ class ProxyBlobs:
             )
 
     def _start(self, route: Route, digest: Digest) -> BlobFetch:
-
         upstream = self._s.upstream(route)
         meta = self._s.meta
 

@@ -145,7 +145,6 @@ class ProxyManifests:
         if found is not None:
             return found
         cached = await self._load(entry.digest) if entry else None
-
         try:
             if entry is not None and cached is not None:
                 head = await upstream.head_manifest(route.repository, tag, accept)
@@ -235,7 +234,6 @@ class ProxyManifests:
         )
 
     async def _load(self, digest: str) -> bytes | None:
-
         body = self._s.memory.get(digest)
         if body is None:
             body = await self._s.store.read_bytes(parse_digest(digest))
