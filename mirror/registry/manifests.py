@@ -53,9 +53,8 @@ class ProxyManifests:
         """
         key = str(digest)
         origin = await self._s.origin(route, key)
-        entry = await self._s.meta.manifest(key)
-        body = await self._load(key) if entry is not None else None
-        if entry is not None and body is not None:
+        cached = await self._cached(key)
+        if cached is not None:
             if origin is None:
                 # Cached for another repository: confirm this one has it too.
                 await self._s.upstream(route).head_manifest(route.repository, key, MANIFEST_TYPES)
@@ -63,7 +62,7 @@ class ProxyManifests:
                 await self._s.meta.link(route.registry, route.repository, key, "manifest")
             stats.set_cache("hit")
             self._s.meta.record_access("manifest", key)
-            return Manifest(body, entry.media_type, key)
+            return cached
         source = origin or route
         if self._s.upstream(source).offline:
             raise await self.offline_error(route, f"manifest {key}", key)
@@ -86,12 +85,10 @@ class ProxyManifests:
     async def _fetch_digest(self, route: Route, digest: Digest) -> Manifest:
         # Checked again inside the flight: a flight that ended between the caller's
         # look-up and its joining has already stored it (one upstream GET, not two).
-        key = str(digest)
-        entry = await self._s.meta.manifest(key)
-        body = await self._load(key) if entry is not None else None
-        if entry is not None and body is not None:
+        cached = await self._cached(str(digest))
+        if cached is not None:
             stats.set_cache("hit")
-            return Manifest(body, entry.media_type, key)
+            return cached
         fetched = await self._s.upstream(route).get_manifest(
             route.repository, str(digest), MANIFEST_TYPES, self._s.settings.max_manifest_size
         )
@@ -232,6 +229,14 @@ class ProxyManifests:
             f"cached platforms: {', '.join(cached) or 'none'}",
             detail={"offline": True, "cached_platforms": cached},
         )
+
+    async def _cached(self, digest: str) -> Manifest | None:
+        """A cached manifest by digest (its row and its bytes), or None."""
+        entry = await self._s.meta.manifest(digest)
+        body = await self._load(digest) if entry is not None else None
+        if entry is None or body is None:
+            return None
+        return Manifest(body, entry.media_type, digest)
 
     async def _load(self, digest: str) -> bytes | None:
         body = self._s.memory.get(digest)
