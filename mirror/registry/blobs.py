@@ -65,9 +65,8 @@ class ProxyBlobs:
     async def head(self, route: Route, digest: Digest) -> int | None:
         """The size of a blob (from cache, or the upstream's HEAD); never downloads."""
         fetch = self._s.inflight.get(digest)
-        if fetch is not None and fetch.verified:  # downloaded, its commit pending
-            if fetch.key != (route.registry, route.repository):
-                await self._confirm(route, digest)
+        if fetch is not None and fetch.verified:  # downloaded (its commit may be pending)
+            await self._may_join(route, fetch)
             stats.set_cache("hit")
             return fetch.size
         size = await self._cached_size(route, digest)
@@ -94,7 +93,6 @@ class ProxyBlobs:
             fetch = self._s.inflight.get(digest)  # it may have started meanwhile
         if fetch is None:
             source = await self._s.fetch_source(route, str(digest))
-
             self._refuse_offline(source, digest)
             # no await between this check and the start: one download per digest
             fetch = self._s.inflight.get(digest) or self._start(source, digest)
@@ -103,10 +101,8 @@ class ProxyBlobs:
             elif source is not route:
                 await self._s.meta.link(route.registry, route.repository, str(digest), "blob")
             stats.set_cache("miss")
-
         else:
-            if fetch.key != (route.registry, route.repository):
-                await self._confirm(route, digest)
+            await self._may_join(route, fetch)
             stats.set_cache("hit" if fetch.verified else "miss")
 
         await fetch.wait_started()
@@ -146,6 +142,11 @@ class ProxyBlobs:
             return None
         await self._confirm(route, digest)
         return size
+
+    async def _may_join(self, route: Route, fetch: BlobFetch) -> None:
+        """Make sure this repository may be served a download made for another one."""
+        if fetch.key != (route.registry, route.repository):
+            await self._confirm(route, fetch.digest)
 
     async def _confirm(self, route: Route, digest: Digest) -> None:
         """Make sure this repository may serve the blob: linked, via a list's source, or
