@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -441,18 +442,39 @@ async def slow_download(mirror: MirrorProcess, proxy: FaultyProxy, digest: str) 
     return download
 
 
-async def test_verified_blob_is_served_at_once_and_committed_at_the_next_lull(
-    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory
-) -> None:
-    fast, fast_digest = push_random_blob(registry, 4 * MiB, seed=1010)
-    slow, slow_digest = push_random_blob(registry, 5 * MiB, seed=1011)
+@dataclass
+class PendingCommit:
+    """A fast blob downloaded and verified, its commit held back by a slow download that
+    is still receiving (``other``)."""
+
+    mirror: MirrorProcess
+    fast: bytes
+    fast_digest: str
+    slow: bytes
+    slow_digest: str
+    other: Download
+
+
+async def pending_commit(
+    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory, seed: int, size: int
+) -> PendingCommit:
+    fast, fast_digest = push_random_blob(registry, size, seed=seed)
+    slow, slow_digest = push_random_blob(registry, 5 * MiB, seed=seed + 1)
     mirror = mirror_factory(fast_and_slow(registry, proxy))
     other = await slow_download(mirror, proxy, slow_digest)
-
     first = await Download(blob_url(mirror, fast_digest)).result()
     assert first.complete_ok and bytes(first.body) == fast
     # Verified and served; its commit (fsync, rename, row) waits while a download receives.
     assert_not_cached(mirror, fast_digest)
+    return PendingCommit(mirror, fast, fast_digest, slow, slow_digest, other)
+
+
+async def test_verified_blob_is_served_at_once_and_committed_at_the_next_lull(
+    registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory
+) -> None:
+    pending = await pending_commit(registry, proxy, mirror_factory, seed=1010, size=4 * MiB)
+    mirror, fast, fast_digest = pending.mirror, pending.fast, pending.fast_digest
+    slow, slow_digest, other = pending.slow, pending.slow_digest, pending.other
     assert len(mirror.temp_files()) == 2
     registry.reset_counts()
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
@@ -484,16 +506,11 @@ async def test_verified_blob_is_served_at_once_and_committed_at_the_next_lull(
 async def test_kill9_before_a_deferred_commit_loses_only_that_download(
     registry: Registry, proxy: FaultyProxy, mirror_factory: MirrorFactory
 ) -> None:
-    fast, fast_digest = push_random_blob(registry, 2 * MiB, seed=1012)
-    _, slow_digest = push_random_blob(registry, 5 * MiB, seed=1013)
-    mirror = mirror_factory(fast_and_slow(registry, proxy))
-    other = await slow_download(mirror, proxy, slow_digest)
-    first = await Download(blob_url(mirror, fast_digest)).result()
-    assert first.complete_ok and bytes(first.body) == fast
-    assert_not_cached(mirror, fast_digest)  # verified, its commit waiting for the lull
+    pending = await pending_commit(registry, proxy, mirror_factory, seed=1012, size=2 * MiB)
+    mirror, fast, fast_digest = pending.mirror, pending.fast, pending.fast_digest
 
     mirror.kill9()
-    await other.result()
+    await pending.other.result()
     proxy.throttle_bytes_per_sec = None
     mirror.start()  # same data dir, same port
     assert "event=reconciled temp_removed=2 " in mirror.log()

@@ -125,15 +125,23 @@ async def test_tag_ttl_then_head_revalidation_then_moved(
     assert reg.count("GET", "/manifests/") == 0
 
 
-async def test_concurrent_tag_requests_share_one_upstream_request(
-    mirror_client: Any, registry_factory: Any
-) -> None:
+async def mirror_over_image(
+    mirror_client: Any, registry_factory: Any, rng: int
+) -> tuple[Any, images.Image, TestClient[Any, Any]]:
+    """A registry holding one image as team/app:v1, and an in-process mirror over it."""
     reg = registry_factory()
-    image = images.build_image("linux/arm64", rng=75, layers=1, layer_size=1024)
+    image = images.build_image("linux/arm64", rng=rng, layers=1, layer_size=1024)
     images.push(reg.url, "team/app", "v1", image)
     mirror: TestClient[Any, Any] = await mirror_client(
         [upstream("docker.io", reg.url, default=True)]
     )
+    return reg, image, mirror
+
+
+async def test_concurrent_tag_requests_share_one_upstream_request(
+    mirror_client: Any, registry_factory: Any
+) -> None:
+    reg, image, mirror = await mirror_over_image(mirror_client, registry_factory, rng=75)
     reg.reset_counts()
     responses = await asyncio.gather(*(mirror.get("/v2/team/app/manifests/v1") for _ in range(16)))
     for resp in responses:
@@ -141,11 +149,14 @@ async def test_concurrent_tag_requests_share_one_upstream_request(
     assert reg.count("GET", "/v2/team/app/manifests/v1") == 1
 
 
-def _hold_first_lookup(monkeypatch: Any, obj: Any, name: str, key: str) -> Any:
-    """Make the first look-up of ``key`` by ``obj.name`` answer what it read only once
-    ``release`` is set: the interleaving where a request looks the cache up, another
-    request's flight fetches and stores the manifest and ends, and only then does the first
-    request go on to join a flight (the race CI once hit, now forced every run)."""
+def _hold_first_lookup(
+    monkeypatch: Any, obj: Any, name: str, key: str
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Returns (started, release): the first look-up of ``key`` by ``obj.name`` sets
+    ``started`` and answers what it read only once ``release`` is set. That forces the
+    interleaving where a request looks the cache up, another request's flight fetches and
+    stores the manifest and ends, and only then does the first request go on to join a
+    flight (the race CI once hit, now forced every run)."""
     real = getattr(obj, name)
     started, release = asyncio.Event(), asyncio.Event()
     held = False
@@ -167,12 +178,7 @@ def _hold_first_lookup(monkeypatch: Any, obj: Any, name: str, key: str) -> Any:
 async def test_a_flight_that_ended_during_a_lookup_is_not_repeated(
     mirror_client: Any, registry_factory: Any, monkeypatch: Any, by: str
 ) -> None:
-    reg = registry_factory()
-    image = images.build_image("linux/arm64", rng=76, layers=1, layer_size=1024)
-    images.push(reg.url, "team/app", "v1", image)
-    mirror: TestClient[Any, Any] = await mirror_client(
-        [upstream("docker.io", reg.url, default=True)]
-    )
+    reg, image, mirror = await mirror_over_image(mirror_client, registry_factory, rng=76)
     reference = "v1" if by == "tag" else image.manifest_digest
     meta = mirror.app[REGISTRY].services.meta
     started, release = _hold_first_lookup(
