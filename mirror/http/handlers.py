@@ -111,7 +111,6 @@ async def _manifest(request: web.Request, route: Route, reference: str) -> web.R
     found: Manifest = await registry.manifests.get(route, reference, accept)
     if request.method == "GET":
         registry.readahead.schedule(route, found)
-
     headers = {
         **_route_headers(route),
         "Docker-Content-Digest": found.digest,
@@ -143,12 +142,13 @@ async def _blob(request: web.Request, route: Route, reference: str) -> web.Strea
         await head.prepare(request)
         await head.write_eof()
         return head
-    found = await blobs.get(route, digest, whole="Range" in request.headers)
+    ranged = "Range" in request.headers
+    found = await blobs.get(route, digest, whole=ranged)
     if isinstance(found, LocalBlob):
-        if found.body is not None and "Range" not in request.headers:
+        if found.body is not None and not ranged:
             # A small blob still in memory: no file to open (it is on disk too).
             return web.Response(body=found.body, headers={**headers, "ETag": f'"{digest}"'})
-        if "Range" not in request.headers and _native_sendfile():
+        if not ranged and _native_sendfile():
             with contextlib.suppress(FileNotFoundError):  # gone: FileResponse answers 404
                 return await _send_whole_file(request, found, headers)
         return web.FileResponse(found.path, chunk_size=1024 * 1024, headers=headers)
